@@ -1,0 +1,66 @@
+# thinsnap: one purpose per target. `make demo` and `make test` are the two
+# commands a new user needs; everything else is a building block.
+
+CARGO      ?= cargo
+VM         := target/debug/thinsnap-vm
+THINSNAP   := target/debug/thinsnap
+
+# Debian packages the build, the tests and the VM need.
+DEB_PACKAGES := libdevmapper-dev libclang-dev pkg-config qemu-system-x86 \
+	busybox-static xfsprogs e2fsprogs btrfs-progs thin-provisioning-tools \
+	lvm2 dmsetup kmod cpio util-linux protobuf-compiler
+
+.PHONY: all setup packages build lint fmt clippy test test-unit test-host \
+	test-vm demo bench fuzz clean
+
+all: build
+
+## setup: install what builds and tests need, fetch the VM kernel (idempotent).
+setup: packages
+	$(CARGO) build --quiet --bin thinsnap-vm
+	$(VM) prepare
+
+packages:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+build:
+	$(CARGO) build --bins
+
+fmt:
+	$(CARGO) fmt
+
+## lint: rustfmt and clippy with warnings as errors (part of `make test`).
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --features vm-tests --quiet -- -D warnings
+
+## test: everything, in three kinds: unit (no root), host root, VM (dm-thin).
+test: setup lint test-unit test-host test-vm
+	@echo "make test: all test kinds passed"
+
+test-unit:
+	$(CARGO) test --lib --bins
+
+test-host:
+	$(CARGO) test --test 'host_*'
+
+test-vm: $(VM)
+	$(VM) test
+
+$(VM):
+	$(CARGO) build --quiet --bin thinsnap-vm
+
+## demo: the main job, in the VM when the host kernel has no dm-thin.
+demo: setup
+	$(CARGO) build --quiet --bins
+	$(THINSNAP) doctor || true
+	$(VM) script fixtures/demo.steps --no-leak-check
+
+clean:
+	$(CARGO) clean

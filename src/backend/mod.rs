@@ -1,0 +1,1 @@
+//! The snapshot API's implementations and the choice between them.

@@ -1,0 +1,90 @@
+//! The `thinsnap` command line: one file per command family, all built on
+//! the snapshot API so every command works with every backend.
+
+mod doctor;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Default store root (Docker's is /var/lib/docker; pass it with --root to
+/// serve an existing Docker store).
+pub const DEFAULT_ROOT: &str = "/var/lib/thinsnap";
+
+#[derive(Debug, Parser)]
+#[command(name = "thinsnap", version, about = "Thin-provisioned snapshot manager for container storage")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command shares: which store, which backend, which options.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Store root; the backend keeps its data in <root>/<driver>.
+    #[arg(long, global = true, default_value = DEFAULT_ROOT, env = "THINSNAP_ROOT")]
+    pub root: PathBuf,
+    /// Backend: auto, devicemapper, overlay2, overlay, aufs, vfs, btrfs.
+    #[arg(long, global = true, default_value = "auto", env = "THINSNAP_DRIVER")]
+    pub driver: String,
+    /// Backend option KEY=VALUE (Docker's dm.* names for devicemapper); repeatable.
+    #[arg(long = "storage-opt", short = 's', global = true, value_name = "KEY=VALUE")]
+    pub storage_opts: Vec<String>,
+    /// Log filter (error, warn, info, debug, trace or a tracing directive).
+    #[arg(long, global = true, default_value = "warn", env = "THINSNAP_LOG")]
+    pub log: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Report what this host supports and which driver to use.
+    Doctor(doctor::DoctorArgs),
+}
+
+/// Runs the CLI and maps the outcome to an exit code; errors are printed
+/// as one line per cause.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.global.log);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            report_error(e.as_ref());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    match cli.command {
+        Command::Doctor(args) => doctor::run(&cli.global, &args),
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Prints `thinsnap: <error>` and each distinct cause below it.
+pub fn report_error(e: &dyn std::error::Error) {
+    let top = e.to_string();
+    eprintln!("thinsnap: {top}");
+    let mut seen = top;
+    let mut source = e.source();
+    while let Some(s) = source {
+        let msg = s.to_string();
+        if !seen.contains(&msg) {
+            eprintln!("  caused by: {msg}");
+            seen.push_str(&msg);
+        }
+        source = s.source();
+    }
+}

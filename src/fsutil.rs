@@ -1,0 +1,134 @@
+//! Crash-safe file primitives shared by every on-disk store.
+//!
+//! A metadata file is either its old contents or its new contents after a
+//! crash, never a mix: write a dot-prefixed temp file in the same directory,
+//! fsync it, rename it over the target, then fsync the directory so the
+//! rename itself is durable. Loaders skip dot-files, so a temp file left by
+//! a crash is never mistaken for data.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Prefix of temp files; loaders ignore names starting with a dot.
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+/// Atomically replaces `path` with `contents` (mode `mode`), durable on return.
+pub fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let dir = parent_dir(path)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(
+        "{TEMP_PREFIX}{}-{}",
+        name.to_string_lossy(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)?;
+        fsync_dir(&dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Removes `path` and makes the removal durable. A missing file is not an error.
+pub fn remove_durable(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => fsync_dir(&parent_dir(path)?),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Fsyncs a directory so entries created, renamed or removed in it persist.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Creates `dir` (and parents) with `mode` if missing; existing dirs are kept as they are.
+pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    match fs::DirBuilder::new().recursive(true).mode(mode).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Lists temp files a crash left in `dir` (for `fsck` and start-up cleanup).
+pub fn stray_temp_files(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn parent_dir(path: &Path) -> io::Result<PathBuf> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => Ok(p.to_path_buf()),
+        Some(_) => Ok(PathBuf::from(".")),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} has no parent directory", path.display()),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("base");
+        atomic_write(&target, b"one", 0o600).unwrap();
+        atomic_write(&target, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"two");
+        assert_eq!(
+            fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(stray_temp_files(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn atomic_write_into_missing_dir_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("nope").join("base");
+        assert!(atomic_write(&target, b"x", 0o600).is_err());
+    }
+
+    #[test]
+    fn remove_durable_ignores_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        remove_durable(&dir.path().join("absent")).unwrap();
+    }
+
+    #[test]
+    fn finds_stray_temp_files() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(".tmp-base-123"), b"half").unwrap();
+        fs::write(dir.path().join("base"), b"{}").unwrap();
+        let strays = stray_temp_files(dir.path()).unwrap();
+        assert_eq!(strays.len(), 1);
+    }
+}

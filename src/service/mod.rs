@@ -1,0 +1,1 @@
+//! `thinsnap serve`: the containerd proxy snapshotter.
