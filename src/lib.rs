@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod cli;
 pub mod dm;
+pub mod failpoint;
 pub mod fsutil;
 pub mod layer;
 pub mod metadata;
