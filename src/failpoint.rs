@@ -37,7 +37,11 @@ fn parse(spec: &str) -> HashMap<String, Action> {
                 "error" => Action::Error,
                 "panic" => Action::Panic,
                 other => {
-                    tracing::warn!(failpoint = name, action = other, "unknown failpoint action ignored");
+                    tracing::warn!(
+                        failpoint = name,
+                        action = other,
+                        "unknown failpoint action ignored"
+                    );
                     return None;
                 }
             };
@@ -56,7 +60,8 @@ pub fn hit(name: &'static str) -> Result<(), Injected> {
         None => Ok(()),
         Some(Action::Kill) => {
             tracing::error!(failpoint = name, "failpoint: killing the process");
-            let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
             // SIGKILL cannot be caught; this is never reached.
             std::process::abort()
         }

@@ -13,12 +13,16 @@ use serde::{Deserialize, Serialize};
 pub const SECTOR_SIZE: u64 = 512;
 
 /// A length in bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Bytes(pub u64);
 
 /// A length in 512-byte sectors, the unit of device-mapper tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(transparent)]
 pub struct Sectors(pub u64);
 
@@ -30,7 +34,7 @@ impl Bytes {
 
     /// True when the length is a whole number of sectors.
     pub fn is_sector_aligned(self) -> bool {
-        self.0 % SECTOR_SIZE == 0
+        self.0.is_multiple_of(SECTOR_SIZE)
     }
 }
 
@@ -69,7 +73,9 @@ impl fmt::Display for Sectors {
 /// Why a size string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SizeError {
-    #[error("invalid size {0:?}: expected a number with an optional binary unit such as 512M, 10G or 1.5T")]
+    #[error(
+        "invalid size {0:?}: expected a number with an optional binary unit such as 512M, 10G or 1.5T"
+    )]
     Malformed(String),
     #[error("size {0:?} is too large")]
     Overflow(String),
@@ -117,14 +123,18 @@ pub fn parse_size(input: &str) -> Result<Bytes, SizeError> {
         }
         let whole: u128 = whole.parse().map_err(|_| malformed())?;
         let frac_digits = frac.len().min(18) as u32;
-        let frac_val: u128 = frac[..frac_digits as usize].parse().map_err(|_| malformed())?;
+        let frac_val: u128 = frac[..frac_digits as usize]
+            .parse()
+            .map_err(|_| malformed())?;
         let scale = 10u128.pow(frac_digits);
         whole
             .checked_mul(multiplier)
             .and_then(|w| w.checked_add(frac_val * multiplier / scale))
             .ok_or_else(|| SizeError::Overflow(input.to_string()))?
     } else {
-        let whole: u128 = number.parse().map_err(|_| SizeError::Overflow(input.to_string()))?;
+        let whole: u128 = number
+            .parse()
+            .map_err(|_| SizeError::Overflow(input.to_string()))?;
         whole
             .checked_mul(multiplier)
             .ok_or_else(|| SizeError::Overflow(input.to_string()))?
@@ -207,10 +217,15 @@ mod tests {
 
     #[test]
     fn rejects_malformed_sizes() {
-        for bad in ["", "G", "10X", "-1G", "1..2G", "10GG", ".5G", "5.G", "10 G B", "1e3"] {
+        for bad in [
+            "", "G", "10X", "-1G", "1..2G", "10GG", ".5G", "5.G", "10 G B", "1e3",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad:?} should be rejected");
         }
-        assert!(matches!(parse_size("99999999999P"), Err(SizeError::Overflow(_))));
+        assert!(matches!(
+            parse_size("99999999999P"),
+            Err(SizeError::Overflow(_))
+        ));
     }
 
     #[test]

@@ -37,12 +37,16 @@ impl World {
 
     fn create(&mut self, name: &str, table: (u64, u64, String, String)) {
         let n = DmName::new(name).unwrap();
-        self.dm.device_create(n, None, DmOptions::default()).unwrap();
+        self.dm
+            .device_create(n, None, DmOptions::default())
+            .unwrap();
         self.devices.push(name.to_string());
         self.dm
             .table_load(&DevId::Name(n), &[table], DmOptions::default())
             .unwrap();
-        self.dm.device_suspend(&DevId::Name(n), DmOptions::default()).unwrap(); // resume
+        self.dm
+            .device_suspend(&DevId::Name(n), DmOptions::default())
+            .unwrap(); // resume
     }
 
     fn message(&self, msg: &str) {
@@ -68,9 +72,11 @@ impl World {
             if d == POOL {
                 // Delete the thin ids before the pool goes away.
                 for id in [2, 1] {
-                    let _ = self
-                        .dm
-                        .target_msg(&DevId::Name(DmName::new(POOL).unwrap()), Some(0), &format!("delete {id}"));
+                    let _ = self.dm.target_msg(
+                        &DevId::Name(DmName::new(POOL).unwrap()),
+                        Some(0),
+                        &format!("delete {id}"),
+                    );
                 }
             }
             if let Err(e) = self
@@ -130,18 +136,27 @@ fn thin_pool_snapshot_copy_on_write() {
         0,
         (512u64 << 20) / 512,
         "thin-pool".to_string(),
-        format!("{} {} 128 32768 1 skip_block_zeroing", devno(&meta_loop), devno(&data_loop)),
+        format!(
+            "{} {} 128 32768 1 skip_block_zeroing",
+            devno(&meta_loop),
+            devno(&data_loop)
+        ),
     );
     w.loops.push(data_loop);
     w.loops.push(meta_loop);
     w.create(POOL, pool_table);
     let pool_dev = {
-        let info = w.dm.device_info(&DevId::Name(DmName::new(POOL).unwrap())).unwrap();
+        let info =
+            w.dm.device_info(&DevId::Name(DmName::new(POOL).unwrap()))
+                .unwrap();
         format!("{}:{}", info.device().major, info.device().minor)
     };
 
     w.message("create_thin 1");
-    w.create(ORIGIN, (0, THIN_SECTORS, "thin".into(), format!("{pool_dev} 1")));
+    w.create(
+        ORIGIN,
+        (0, THIN_SECTORS, "thin".into(), format!("{pool_dev} 1")),
+    );
     let origin_dev = w.dev(ORIGIN);
     common::run_tool("mkfs.xfs", &["-q", origin_dev.to_str().unwrap()]);
     let origin_mnt = w.dir.path().join("origin");
@@ -151,27 +166,42 @@ fn thin_pool_snapshot_copy_on_write() {
 
     // Snapshot of an active origin: suspend it so the pool sees a stable tree.
     let origin_id = DevId::Name(DmName::new(ORIGIN).unwrap());
-    w.dm
-        .device_suspend(&origin_id, DmOptions::default().set_flags(devicemapper::DmFlags::DM_SUSPEND))
-        .unwrap();
+    w.dm.device_suspend(
+        &origin_id,
+        DmOptions::default().set_flags(devicemapper::DmFlags::DM_SUSPEND),
+    )
+    .unwrap();
     w.message("create_snap 2 1");
-    w.dm.device_suspend(&origin_id, DmOptions::default()).unwrap();
+    w.dm.device_suspend(&origin_id, DmOptions::default())
+        .unwrap();
 
-    w.create(SNAP, (0, THIN_SECTORS, "thin".into(), format!("{pool_dev} 2")));
+    w.create(
+        SNAP,
+        (0, THIN_SECTORS, "thin".into(), format!("{pool_dev} 2")),
+    );
     let snap_dev = w.dev(SNAP);
     let snap_mnt = w.dir.path().join("snap");
     w.mount_xfs(&snap_dev, &snap_mnt);
 
-    assert_eq!(fs::read(snap_mnt.join("file")).unwrap(), b"written before the snapshot");
+    assert_eq!(
+        fs::read(snap_mnt.join("file")).unwrap(),
+        b"written before the snapshot"
+    );
     fs::write(snap_mnt.join("file"), b"changed in the snapshot").unwrap();
     fs::write(snap_mnt.join("only-in-snap"), vec![7u8; 1 << 20]).unwrap();
     fs::write(origin_mnt.join("only-in-origin"), b"origin moves on").unwrap();
     nix::unistd::syncfs(fs::File::open(&snap_mnt).unwrap()).unwrap();
     nix::unistd::syncfs(fs::File::open(&origin_mnt).unwrap()).unwrap();
 
-    assert_eq!(fs::read(origin_mnt.join("file")).unwrap(), b"written before the snapshot");
+    assert_eq!(
+        fs::read(origin_mnt.join("file")).unwrap(),
+        b"written before the snapshot"
+    );
     assert!(!origin_mnt.join("only-in-snap").exists());
-    assert_eq!(fs::read(snap_mnt.join("file")).unwrap(), b"changed in the snapshot");
+    assert_eq!(
+        fs::read(snap_mnt.join("file")).unwrap(),
+        b"changed in the snapshot"
+    );
     assert!(!snap_mnt.join("only-in-origin").exists());
 
     // Re-read from disk, not the page cache: unmount and mount again.
@@ -187,9 +217,18 @@ fn thin_pool_snapshot_copy_on_write() {
     assert!(errors.is_empty(), "{errors:?}");
     w.mount_xfs(&origin_dev, &origin_mnt);
     w.mount_xfs(&snap_dev, &snap_mnt);
-    assert_eq!(fs::read(origin_mnt.join("file")).unwrap(), b"written before the snapshot");
-    assert_eq!(fs::read(snap_mnt.join("file")).unwrap(), b"changed in the snapshot");
-    assert_eq!(fs::read(snap_mnt.join("only-in-snap")).unwrap().len(), 1 << 20);
+    assert_eq!(
+        fs::read(origin_mnt.join("file")).unwrap(),
+        b"written before the snapshot"
+    );
+    assert_eq!(
+        fs::read(snap_mnt.join("file")).unwrap(),
+        b"changed in the snapshot"
+    );
+    assert_eq!(
+        fs::read(snap_mnt.join("only-in-snap")).unwrap().len(),
+        1 << 20
+    );
 
     let errors = w.teardown();
     assert!(errors.is_empty(), "teardown failed: {errors:?}");

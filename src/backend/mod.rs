@@ -20,7 +20,14 @@ pub struct StoreConfig {
 }
 
 /// Backend names thinsnap knows, in Docker's spelling.
-pub const DRIVERS: &[&str] = &["devicemapper", "overlay2", "overlay", "aufs", "vfs", "btrfs"];
+pub const DRIVERS: &[&str] = &[
+    "devicemapper",
+    "overlay2",
+    "overlay",
+    "aufs",
+    "vfs",
+    "btrfs",
+];
 
 /// Opens the store described by `config`.
 pub fn open(config: &StoreConfig) -> Result<Box<dyn Driver>> {

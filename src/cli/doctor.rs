@@ -40,7 +40,11 @@ pub fn render(r: &HostReport) -> String {
     line("Kernel:", r.kernel.clone());
     line(
         "/dev/mapper/control:",
-        if dm.control_present { "present".into() } else { "MISSING".into() },
+        if dm.control_present {
+            "present".into()
+        } else {
+            "MISSING".into()
+        },
     );
     line(
         "device-mapper driver:",
@@ -61,7 +65,10 @@ pub fn render(r: &HostReport) -> String {
     line("overlay:", yes_no(f.overlay).into());
     line("aufs:", yes_no(f.aufs).into());
     line("btrfs:", yes_no(f.btrfs).into());
-    line("xfs / ext4:", format!("{} / {}", yes_no(f.xfs), yes_no(f.ext4)));
+    line(
+        "xfs / ext4:",
+        format!("{} / {}", yes_no(f.xfs), yes_no(f.ext4)),
+    );
     line(
         "zfs:",
         format!("{} (thinsnap has no zfs backend)", yes_no(f.zfs)),
@@ -69,7 +76,11 @@ pub fn render(r: &HostReport) -> String {
     line("Store root:", r.root.path.display().to_string());
     line(
         "Backing filesystem:",
-        format!("{} (probed at {})", r.root.backing_filesystem, r.root.probed.display()),
+        format!(
+            "{} (probed at {})",
+            r.root.backing_filesystem,
+            r.root.probed.display()
+        ),
     );
     line(
         "Supports d_type:",
@@ -89,7 +100,10 @@ pub fn render(r: &HostReport) -> String {
     );
     line(
         "Recommended driver:",
-        r.recommendation.driver.clone().unwrap_or_else(|| "NONE".into()),
+        r.recommendation
+            .driver
+            .clone()
+            .unwrap_or_else(|| "NONE".into()),
     );
     line("Reason:", r.recommendation.reason.clone());
     out

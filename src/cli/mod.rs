@@ -13,7 +13,11 @@ use clap::{Args, Parser, Subcommand};
 pub const DEFAULT_ROOT: &str = "/var/lib/thinsnap";
 
 #[derive(Debug, Parser)]
-#[command(name = "thinsnap", version, about = "Thin-provisioned snapshot manager for container storage")]
+#[command(
+    name = "thinsnap",
+    version,
+    about = "Thin-provisioned snapshot manager for container storage"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -31,7 +35,12 @@ pub struct GlobalArgs {
     #[arg(long, global = true, default_value = "auto", env = "THINSNAP_DRIVER")]
     pub driver: String,
     /// Backend option KEY=VALUE (Docker's dm.* names for devicemapper); repeatable.
-    #[arg(long = "storage-opt", short = 's', global = true, value_name = "KEY=VALUE")]
+    #[arg(
+        long = "storage-opt",
+        short = 's',
+        global = true,
+        value_name = "KEY=VALUE"
+    )]
     pub storage_opts: Vec<String>,
     /// Log filter (error, warn, info, debug, trace or a tracing directive).
     #[arg(long, global = true, default_value = "warn", env = "THINSNAP_LOG")]

@@ -27,7 +27,9 @@ impl DmControl {
     pub fn open() -> DmResult<Self> {
         if !Path::new(CONTROL_PATH).exists() {
             let detail = if proc_misc_has_device_mapper() {
-                format!("{CONTROL_PATH} is missing although the kernel registered device-mapper; create it with `mknod {CONTROL_PATH} c 10 236`")
+                format!(
+                    "{CONTROL_PATH} is missing although the kernel registered device-mapper; create it with `mknod {CONTROL_PATH} c 10 236`"
+                )
             } else {
                 format!("{CONTROL_PATH} does not exist and /proc/misc lists no device-mapper")
             };

@@ -17,7 +17,9 @@ pub enum DmError {
     Unavailable { detail: String },
 
     /// device-mapper is there but the `thin-pool` target is not.
-    #[error("the kernel's device-mapper has no thin-pool target; load it with `modprobe dm_thin_pool`")]
+    #[error(
+        "the kernel's device-mapper has no thin-pool target; load it with `modprobe dm_thin_pool`"
+    )]
     NoThinTarget,
 
     /// An ioctl failed; keeps the operation, the device and the errno.

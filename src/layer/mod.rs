@@ -3,7 +3,6 @@
 //! (no entry may escape the layer root).
 //!
 
-
 use std::io::{Read, Write};
 use std::path::Path;
 

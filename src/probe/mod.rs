@@ -109,7 +109,10 @@ impl HostReport {
 /// on a btrfs root, vfs last.
 pub fn recommend(report: &HostReport) -> Recommendation {
     if let Some(existing) = report.existing_stores.first() {
-        let mut reason = format!("a {existing} store already exists under {}", report.root.path.display());
+        let mut reason = format!(
+            "a {existing} store already exists under {}",
+            report.root.path.display()
+        );
         if report.existing_stores.len() > 1 {
             reason.push_str(&format!(
                 " (also found: {}; layers stored by one driver are not visible to another)",
@@ -140,7 +143,10 @@ pub fn recommend(report: &HostReport) -> Recommendation {
             report.root.backing_filesystem
         )
     } else {
-        format!("overlay cannot be stacked on {}", report.root.backing_filesystem)
+        format!(
+            "overlay cannot be stacked on {}",
+            report.root.backing_filesystem
+        )
     };
     if report.dm_thin_usable() {
         return Recommendation {
@@ -187,7 +193,8 @@ fn probe_device_mapper(kernel: &str) -> DeviceMapperReport {
             report.problem = Some(if control_present {
                 e.to_string()
             } else {
-                "device-mapper is missing: /dev/mapper/control does not exist on this kernel".to_string()
+                "device-mapper is missing: /dev/mapper/control does not exist on this kernel"
+                    .to_string()
             });
         }
         Ok(dm) => {
@@ -196,7 +203,8 @@ fn probe_device_mapper(kernel: &str) -> DeviceMapperReport {
                 Ok(v) => report.thin_pool_version = Some(fmt_version(v)),
                 Err(_) if thin_pool_module_available => {
                     report.problem = Some(
-                        "the thin-pool target is not loaded; `modprobe dm_thin_pool` loads it".to_string(),
+                        "the thin-pool target is not loaded; `modprobe dm_thin_pool` loads it"
+                            .to_string(),
                     )
                 }
                 Err(e) => report.problem = Some(e.to_string()),
@@ -215,14 +223,20 @@ fn kernel_module_available(kernel: &str, module: &str) -> bool {
     let file = format!("/{module}.ko");
     ["modules.dep", "modules.builtin"].iter().any(|f| {
         fs::read_to_string(dir.join(f))
-            .map(|s| s.lines().any(|l| l.split(':').next().is_some_and(|p| p.contains(&file))))
+            .map(|s| {
+                s.lines()
+                    .any(|l| l.split(':').next().is_some_and(|p| p.contains(&file)))
+            })
             .unwrap_or(false)
     })
 }
 
 fn probe_filesystems() -> FilesystemReport {
     let list = fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    let has = |name: &str| list.lines().any(|l| l.split_whitespace().last() == Some(name));
+    let has = |name: &str| {
+        list.lines()
+            .any(|l| l.split_whitespace().last() == Some(name))
+    };
     FilesystemReport {
         overlay: has("overlay"),
         aufs: has("aufs"),
@@ -236,12 +250,15 @@ fn probe_filesystems() -> FilesystemReport {
 fn probe_root(root: &Path) -> RootReport {
     let probed = nearest_existing(root);
     let backing_filesystem = match nix::sys::statfs::statfs(&probed) {
-        Ok(st) => fs_name(st.filesystem_type().0 as i64),
+        Ok(st) => fs_name(st.filesystem_type().0),
         Err(e) => format!("unknown ({e})"),
     };
     let (d_type, error) = match supports_d_type(&probed) {
         Ok(v) => (Some(v), None),
-        Err(e) => (None, Some(format!("cannot write in {}: {e}", probed.display()))),
+        Err(e) => (
+            None,
+            Some(format!("cannot write in {}: {e}", probed.display())),
+        ),
     };
     RootReport {
         path: root.to_path_buf(),
@@ -342,7 +359,12 @@ fn dir_has_entries(path: &Path) -> bool {
 mod tests {
     use super::*;
 
-    fn report(overlay: bool, d_type: Option<bool>, dm_problem: Option<&str>, fs: &str) -> HostReport {
+    fn report(
+        overlay: bool,
+        d_type: Option<bool>,
+        dm_problem: Option<&str>,
+        fs: &str,
+    ) -> HostReport {
         HostReport {
             kernel: "6.1".into(),
             device_mapper: DeviceMapperReport {
@@ -409,7 +431,7 @@ mod tests {
     #[test]
     fn d_type_probe_on_tmp() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(supports_d_type(dir.path()).unwrap(), true);
+        assert!(supports_d_type(dir.path()).unwrap());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 

@@ -129,7 +129,8 @@ pub fn populate_init_layer(root: &Path, owner: Option<(u32, u32)>) -> Result<()>
                     chown(&current, owner)?;
                 }
                 InitEntry::Symlink(target) => {
-                    std::os::unix::fs::symlink(target, &current).ctx("creating symlink", &current)?;
+                    std::os::unix::fs::symlink(target, &current)
+                        .ctx("creating symlink", &current)?;
                     chown(&current, owner)?;
                 }
             }
@@ -160,7 +161,10 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     fn me() -> Option<(u32, u32)> {
-        Some((nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw()))
+        Some((
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        ))
     }
 
     #[test]
@@ -200,7 +204,11 @@ mod tests {
         fs::create_dir(dir.path().join("dev")).unwrap();
         fs::write(dir.path().join("dev/console"), b"old").unwrap();
         populate_init_layer(dir.path(), me()).unwrap();
-        assert!(fs::symlink_metadata(dir.path().join("etc")).unwrap().is_dir());
+        assert!(
+            fs::symlink_metadata(dir.path().join("etc"))
+                .unwrap()
+                .is_dir()
+        );
         assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
         assert_eq!(fs::read(dir.path().join("dev/console")).unwrap(), b"");
         assert_eq!(

@@ -47,7 +47,9 @@ pub enum SnapshotError {
     #[error("invalid input: {detail}")]
     InvalidInput { detail: String },
 
-    #[error("layer {id} is incomplete (an earlier write was interrupted) and cannot be used; remove it")]
+    #[error(
+        "layer {id} is incomplete (an earlier write was interrupted) and cannot be used; remove it"
+    )]
     Incomplete { id: String },
 
     #[error("corrupt state in {}: {detail}", .path.display())]

@@ -159,8 +159,19 @@ mod tests {
     fn rejects_hostile_ids() {
         let long = "a".repeat(256);
         for bad in [
-            "", "a/b", "/etc", "..", "a..b", ".hidden", "-x", "a\0b", "a\nb", "a b", "a\tb",
-            "é", long.as_str(),
+            "",
+            "a/b",
+            "/etc",
+            "..",
+            "a..b",
+            ".hidden",
+            "-x",
+            "a\0b",
+            "a\nb",
+            "a b",
+            "a\tb",
+            "é",
+            long.as_str(),
         ] {
             assert!(LayerId::new(bad).is_err(), "{bad:?} must be rejected");
         }

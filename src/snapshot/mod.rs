@@ -154,7 +154,12 @@ pub trait Driver: Send + Sync {
     /// Applies an OCI layer tar (plain, gzip or zstd) to layer `id`, which
     /// must have been created on `parent`. Returns the bytes applied. An
     /// interrupted or failed apply leaves the layer `Incomplete`.
-    fn apply_diff(&self, id: &LayerId, parent: Option<&LayerId>, tar: &mut dyn Read) -> Result<u64> {
+    fn apply_diff(
+        &self,
+        id: &LayerId,
+        parent: Option<&LayerId>,
+        tar: &mut dyn Read,
+    ) -> Result<u64> {
         naive::apply_diff(self, id, parent, tar)
     }
 

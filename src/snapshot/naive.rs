@@ -57,7 +57,10 @@ pub fn changes<D: Driver + ?Sized>(
 ) -> Result<Vec<Change>> {
     let parent = effective_parent(driver, id, parent)?;
     let layer = Mounted::new(driver, id)?;
-    let base = parent.as_ref().map(|p| Mounted::new(driver, p)).transpose()?;
+    let base = parent
+        .as_ref()
+        .map(|p| Mounted::new(driver, p))
+        .transpose()?;
     layer::changes_between(&layer.path, base.as_ref().map(|b| b.path.as_path()))
 }
 
@@ -69,7 +72,10 @@ pub fn diff<D: Driver + ?Sized>(
 ) -> Result<u64> {
     let parent = effective_parent(driver, id, parent)?;
     let layer = Mounted::new(driver, id)?;
-    let base = parent.as_ref().map(|p| Mounted::new(driver, p)).transpose()?;
+    let base = parent
+        .as_ref()
+        .map(|p| Mounted::new(driver, p))
+        .transpose()?;
     let changes = layer::changes_between(&layer.path, base.as_ref().map(|b| b.path.as_path()))?;
     layer::write_tar(&layer.path, &changes, out)
 }
@@ -81,7 +87,10 @@ pub fn diff_size<D: Driver + ?Sized>(
 ) -> Result<u64> {
     let parent = effective_parent(driver, id, parent)?;
     let layer = Mounted::new(driver, id)?;
-    let base = parent.as_ref().map(|p| Mounted::new(driver, p)).transpose()?;
+    let base = parent
+        .as_ref()
+        .map(|p| Mounted::new(driver, p))
+        .transpose()?;
     let changes = layer::changes_between(&layer.path, base.as_ref().map(|b| b.path.as_path()))?;
     layer::changes_size(&layer.path, &changes)
 }
@@ -97,7 +106,9 @@ pub fn apply_diff<D: Driver + ?Sized>(
         if recorded.as_ref() != Some(p) {
             return Err(SnapshotError::invalid(format!(
                 "layer {id} was created on {}, not on {p}",
-                recorded.map(|r| r.to_string()).unwrap_or_else(|| "nothing".into())
+                recorded
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "nothing".into())
             )));
         }
     }

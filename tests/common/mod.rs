@@ -14,7 +14,11 @@ pub fn require_vm() {
             "this test needs a kernel with dm-thin and must run inside the thinsnap test VM \
              ({}): run `make test-vm`, or one target with \
              `cargo run --bin thinsnap-vm -- test --target <name>`",
-            if dm { "not started by thinsnap-vm" } else { "/dev/mapper/control is missing here" }
+            if dm {
+                "not started by thinsnap-vm"
+            } else {
+                "/dev/mapper/control is missing here"
+            }
         );
     }
 }

@@ -25,9 +25,10 @@ pub fn run(job_file: &Path) -> i32 {
             let _ = writeln!(l, "{msg}");
         }
     };
-    let job: Job = match fs::read(job_file).map_err(|e| e.to_string()).and_then(|b| {
-        serde_json::from_slice(&b).map_err(|e| e.to_string())
-    }) {
+    let job: Job = match fs::read(job_file)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
         Ok(j) => j,
         Err(e) => {
             note(format!("cannot read {}: {e}", job_file.display()));
@@ -41,7 +42,10 @@ pub fn run(job_file: &Path) -> i32 {
             let now = Resources::snapshot();
             let leaks = now.minus(&baseline);
             if !leaks.is_empty() {
-                note(format!("step {} left behind: {leaks:?}; cleaning up", step.name));
+                note(format!(
+                    "step {} left behind: {leaks:?}; cleaning up",
+                    step.name
+                ));
                 cleanup(&leaks, &mut note);
                 result.leaks = leaks.describe();
             }
@@ -91,7 +95,10 @@ fn run_step(step: &Step, log_path: &Path) -> StepResult {
     cmd.args(args)
         .current_dir(&step.cwd)
         .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("HOME", "/root")
         .env("TERM", "dumb")
         .env("RUST_BACKTRACE", "1")
@@ -136,8 +143,16 @@ fn run_step(step: &Step, log_path: &Path) -> StepResult {
     let pgid = nix::unistd::Pid::from_raw(-(child.id() as i32));
     let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
     if let Some(h) = header.as_mut() {
-        let verdict = if result.exit_code == Some(0) && !result.timed_out { "ok" } else { "FAILED" };
-        let _ = writeln!(h, "=== [vm] {} {verdict} in {:.1} s", step.name, result.seconds);
+        let verdict = if result.exit_code == Some(0) && !result.timed_out {
+            "ok"
+        } else {
+            "FAILED"
+        };
+        let _ = writeln!(
+            h,
+            "=== [vm] {} {verdict} in {:.1} s",
+            step.name, result.seconds
+        );
     }
     result
 }

@@ -82,8 +82,14 @@ impl Drop for Guard {
     }
 }
 
-pub fn run_job(kernel: &Kernel, initrd: &Path, job: &Job, config: &VmConfig) -> io::Result<Outcome> {
-    let job_dir = std::env::temp_dir().join(format!("thinsnap-vm-{}", uuid::Uuid::new_v4().simple()));
+pub fn run_job(
+    kernel: &Kernel,
+    initrd: &Path,
+    job: &Job,
+    config: &VmConfig,
+) -> io::Result<Outcome> {
+    let job_dir =
+        std::env::temp_dir().join(format!("thinsnap-vm-{}", uuid::Uuid::new_v4().simple()));
     fs::create_dir(&job_dir)?;
     let mut guard = Guard {
         child: None,
@@ -104,15 +110,25 @@ pub fn run_job(kernel: &Kernel, initrd: &Path, job: &Job, config: &VmConfig) -> 
     }
     if !disk_names.is_empty() {
         for step in &mut job.steps {
-            step.env.push(("THINSNAP_VM_DISKS".into(), disk_names.join(",")));
+            step.env
+                .push(("THINSNAP_VM_DISKS".into(), disk_names.join(",")));
         }
     }
-    fs::write(job_dir.join(job::JOB_FILE), serde_json::to_vec_pretty(&job)?)?;
+    fs::write(
+        job_dir.join(job::JOB_FILE),
+        serde_json::to_vec_pretty(&job)?,
+    )?;
 
     let agent = std::env::current_exe()?;
     let console = job_dir.join("console.log");
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    cmd.args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
     if config.kvm {
         cmd.args(["-accel", "kvm", "-cpu", "host"]);
     } else {
@@ -127,7 +143,8 @@ pub fn run_job(kernel: &Kernel, initrd: &Path, job: &Job, config: &VmConfig) -> 
         agent.display(),
         kernel.modules_dir.display()
     ));
-    cmd.arg("-serial").arg(format!("file:{}", console.display()));
+    cmd.arg("-serial")
+        .arg(format!("file:{}", console.display()));
     cmd.args([
         "-fsdev",
         "local,id=hostroot,path=/,security_model=passthrough,readonly=on,multidevs=remap",
@@ -141,10 +158,14 @@ pub fn run_job(kernel: &Kernel, initrd: &Path, job: &Job, config: &VmConfig) -> 
     cmd.args(["-device", "virtio-9p-pci,fsdev=job,mount_tag=job"]);
     cmd.args(["-device", "virtio-rng-pci"]);
     for d in &guard.disks {
-        cmd.arg("-drive")
-            .arg(format!("file={},format=raw,if=virtio,cache=unsafe", d.display()));
+        cmd.arg("-drive").arg(format!(
+            "file={},format=raw,if=virtio,cache=unsafe",
+            d.display()
+        ));
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     // SAFETY: prctl is async-signal-safe; it makes qemu die with the runner.
     unsafe {
         cmd.pre_exec(|| {
@@ -175,7 +196,11 @@ pub fn run_job(kernel: &Kernel, initrd: &Path, job: &Job, config: &VmConfig) -> 
                 }
                 infra_error = Some(format!(
                     "the VM stopped before finishing the job (qemu {status}){}",
-                    if stderr.trim().is_empty() { String::new() } else { format!(": {}", stderr.trim()) }
+                    if stderr.trim().is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", stderr.trim())
+                    }
                 ));
             }
             guard.child = None;
@@ -233,7 +258,10 @@ pub fn run_job(kernel: &Kernel, initrd: &Path, job: &Job, config: &VmConfig) -> 
 fn print_tail(path: &Path, lines: usize) {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
-    eprintln!("---- last {lines} lines of the serial console ({}) ----", path.display());
+    eprintln!(
+        "---- last {lines} lines of the serial console ({}) ----",
+        path.display()
+    );
     for l in &all[all.len().saturating_sub(lines)..] {
         eprintln!("{l}");
     }

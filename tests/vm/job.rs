@@ -45,7 +45,10 @@ pub struct StepResult {
 
 impl StepResult {
     pub fn passed(&self) -> bool {
-        self.exit_code == Some(0) && !self.timed_out && self.leaks.is_empty() && self.spawn_error.is_none()
+        self.exit_code == Some(0)
+            && !self.timed_out
+            && self.leaks.is_empty()
+            && self.spawn_error.is_none()
     }
 
     /// One line saying why a step failed.

@@ -75,14 +75,19 @@ pub fn ensure(cache: &Path) -> Result<Kernel, String> {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|p| p.starts_with("linux-image-"))
-        .ok_or("apt-cache knows no linux-image-amd64 dependency; run `make setup` (apt-get update)")?
+        .ok_or(
+            "apt-cache knows no linux-image-amd64 dependency; run `make setup` (apt-get update)",
+        )?
         .trim()
         .to_string();
     let dl = cache.join("download");
     let _ = fs::remove_dir_all(&dl);
     fs::create_dir_all(&dl).map_err(|e| format!("creating {}: {e}", dl.display()))?;
     eprintln!("thinsnap-vm: downloading {package} into {}", dl.display());
-    run(Command::new("apt-get").arg("download").arg(&package).current_dir(&dl))?;
+    run(Command::new("apt-get")
+        .arg("download")
+        .arg(&package)
+        .current_dir(&dl))?;
     let deb = fs::read_dir(&dl)
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok())
@@ -103,10 +108,16 @@ pub fn ensure(cache: &Path) -> Result<Kernel, String> {
         modules_dir,
     };
     if !kernel.vmlinuz.is_file() {
-        return Err(format!("{} is missing from {package}", kernel.vmlinuz.display()));
+        return Err(format!(
+            "{} is missing from {package}",
+            kernel.vmlinuz.display()
+        ));
     }
-    fs::write(&manifest, serde_json::to_vec_pretty(&kernel).map_err(|e| e.to_string())?)
-        .map_err(|e| format!("writing {}: {e}", manifest.display()))?;
+    fs::write(
+        &manifest,
+        serde_json::to_vec_pretty(&kernel).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| format!("writing {}: {e}", manifest.display()))?;
     Ok(kernel)
 }
 
@@ -114,16 +125,26 @@ pub fn ensure(cache: &Path) -> Result<Kernel, String> {
 /// dependencies, dependencies first.
 pub fn module_order(modules_dir: &Path) -> Result<Vec<String>, String> {
     let dep_path = modules_dir.join("modules.dep");
-    let text = fs::read_to_string(&dep_path).map_err(|e| format!("reading {}: {e}", dep_path.display()))?;
+    let text = fs::read_to_string(&dep_path)
+        .map_err(|e| format!("reading {}: {e}", dep_path.display()))?;
     let deps: Vec<(String, Vec<String>)> = text
         .lines()
         .filter_map(|l| l.split_once(':'))
-        .map(|(m, d)| (m.to_string(), d.split_whitespace().map(String::from).collect()))
+        .map(|(m, d)| {
+            (
+                m.to_string(),
+                d.split_whitespace().map(String::from).collect(),
+            )
+        })
         .collect();
     let find = |name: &str| -> Option<&(String, Vec<String>)> {
         let alt = name.replace('-', "_");
         deps.iter().find(|(path, _)| {
-            let base = path.rsplit('/').next().unwrap_or(path).trim_end_matches(".ko");
+            let base = path
+                .rsplit('/')
+                .next()
+                .unwrap_or(path)
+                .trim_end_matches(".ko");
             base == name || base.replace('-', "_") == alt
         })
     };
@@ -153,7 +174,12 @@ pub fn module_order(modules_dir: &Path) -> Result<Vec<String>, String> {
         match find(name) {
             Some((path, _)) => visit(path, &deps, &mut order, 0)?,
             None if builtin.contains(&format!("/{name}.ko")) => {}
-            None => return Err(format!("kernel module {name} not found in {}", dep_path.display())),
+            None => {
+                return Err(format!(
+                    "kernel module {name} not found in {}",
+                    dep_path.display()
+                ));
+            }
         }
     }
     Ok(order)
@@ -170,7 +196,10 @@ pub fn initramfs(cache: &Path, kernel: &Kernel) -> Result<PathBuf, String> {
         init.hash(&mut h);
         order.hash(&mut h);
         kernel.version.hash(&mut h);
-        fs::metadata(busybox).map(|m| m.len()).unwrap_or(0).hash(&mut h);
+        fs::metadata(busybox)
+            .map(|m| m.len())
+            .unwrap_or(0)
+            .hash(&mut h);
         h.finish()
     };
     let out = cache.join(format!("initramfs-{}-{key:016x}.cpio.gz", kernel.version));
@@ -178,10 +207,24 @@ pub fn initramfs(cache: &Path, kernel: &Kernel) -> Result<PathBuf, String> {
         return Ok(out);
     }
     let bb = fs::read(busybox).map_err(|e| {
-        format!("reading {}: {e} (install busybox-static: `make setup`)", busybox.display())
+        format!(
+            "reading {}: {e} (install busybox-static: `make setup`)",
+            busybox.display()
+        )
     })?;
     let mut cpio = Cpio::new();
-    for d in ["bin", "sbin", "dev", "proc", "sys", "lib", "lib/modules", "host", "rw", "newroot"] {
+    for d in [
+        "bin",
+        "sbin",
+        "dev",
+        "proc",
+        "sys",
+        "lib",
+        "lib/modules",
+        "host",
+        "rw",
+        "newroot",
+    ] {
         cpio.dir(d);
     }
     cpio.char_device("dev/console", 5, 1);
@@ -205,7 +248,8 @@ pub fn initramfs(cache: &Path, kernel: &Kernel) -> Result<PathBuf, String> {
                 cpio.dir(&format!("{base}/{}", d.display()));
             }
         }
-        let data = fs::read(kernel.modules_dir.join(m)).map_err(|e| format!("reading module {m}: {e}"))?;
+        let data =
+            fs::read(kernel.modules_dir.join(m)).map_err(|e| format!("reading module {m}: {e}"))?;
         cpio.file(&format!("{base}/{m}"), &data, 0o644);
     }
     cpio.file("modorder", (order.join("\n") + "\n").as_bytes(), 0o644);
@@ -230,14 +274,29 @@ struct Cpio {
 
 impl Cpio {
     fn new() -> Self {
-        Cpio { buf: Vec::new(), ino: 1 }
+        Cpio {
+            buf: Vec::new(),
+            ino: 1,
+        }
     }
 
     fn entry(&mut self, name: &str, mode: u32, data: &[u8], rdev: (u32, u32)) {
         let namesz = name.len() + 1;
         let header = format!(
             "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
-            self.ino, mode, 0, 0, 1, 0, data.len(), 0, 0, rdev.0, rdev.1, namesz, 0
+            self.ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len(),
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            namesz,
+            0
         );
         self.ino += 1;
         self.buf.extend_from_slice(header.as_bytes());
@@ -249,7 +308,7 @@ impl Cpio {
     }
 
     fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
@@ -279,4 +338,3 @@ pub fn prepare() -> Result<(Kernel, PathBuf), String> {
     let initrd = initramfs(&cache, &kernel)?;
     Ok((kernel, initrd))
 }
-

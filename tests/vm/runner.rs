@@ -21,7 +21,10 @@ use clap::{Args, Parser, Subcommand};
 use job::{Job, Step};
 
 #[derive(Parser)]
-#[command(name = "thinsnap-vm", about = "Run commands in a QEMU VM whose kernel has dm-thin")]
+#[command(
+    name = "thinsnap-vm",
+    about = "Run commands in a QEMU VM whose kernel has dm-thin"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -141,7 +144,10 @@ fn make_step(opts: &RunOpts, name: String, argv: Vec<String>) -> Step {
         env: opts
             .env
             .iter()
-            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
             .collect(),
         cwd: opts
             .cwd
@@ -156,7 +162,8 @@ fn make_step(opts: &RunOpts, name: String, argv: Vec<String>) -> Step {
 /// One command per line, split on whitespace (no shell); `# text` lines
 /// become headers in the output.
 fn read_script(file: &Path, opts: &RunOpts) -> Result<Vec<Step>, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| format!("reading {}: {e}", file.display()))?;
     let mut steps = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
         if let Some(header) = line.strip_prefix('#') {
@@ -176,8 +183,12 @@ fn run(opts: &RunOpts, steps: Vec<Step>) -> ExitCode {
         Ok(v) => v,
         Err(e) => return fail(&e),
     };
-    let total_default = opts.step_timeout.saturating_mul(steps.len() as u64).saturating_add(120);
-    let mut config = host::VmConfig::from_env(Duration::from_secs(opts.timeout.unwrap_or(total_default)));
+    let total_default = opts
+        .step_timeout
+        .saturating_mul(steps.len() as u64)
+        .saturating_add(120);
+    let mut config =
+        host::VmConfig::from_env(Duration::from_secs(opts.timeout.unwrap_or(total_default)));
     if let Some(t) = opts.timeout {
         config.timeout = Duration::from_secs(t);
     }
@@ -205,12 +216,23 @@ fn run(opts: &RunOpts, steps: Vec<Step>) -> ExitCode {
     };
     let mut failed = 0;
     eprintln!("\nthinsnap-vm: summary");
-    for r in outcome.results.iter().zip(&job.steps).filter(|(_, s)| !s.echo_only).map(|(r, _)| r) {
+    for r in outcome
+        .results
+        .iter()
+        .zip(&job.steps)
+        .filter(|(_, s)| !s.echo_only)
+        .map(|(r, _)| r)
+    {
         if r.passed() {
             eprintln!("  ok      {:<40} {:>7.1} s", r.name, r.seconds);
         } else {
             failed += 1;
-            eprintln!("  FAILED  {:<40} {:>7.1} s  {}", r.name, r.seconds, r.failure());
+            eprintln!(
+                "  FAILED  {:<40} {:>7.1} s  {}",
+                r.name,
+                r.seconds,
+                r.failure()
+            );
         }
     }
     let ran = outcome.results.len();
@@ -221,7 +243,10 @@ fn run(opts: &RunOpts, steps: Vec<Step>) -> ExitCode {
         eprintln!("thinsnap-vm: {e}");
     }
     if let Some(p) = &outcome.kept_logs {
-        eprintln!("thinsnap-vm: logs kept in {} (console.log is the serial console)", p.display());
+        eprintln!(
+            "thinsnap-vm: logs kept in {} (console.log is the serial console)",
+            p.display()
+        );
     }
     if outcome.infra_error.is_some() {
         ExitCode::from(2)
@@ -236,7 +261,13 @@ fn run(opts: &RunOpts, steps: Vec<Step>) -> ExitCode {
 fn build_tests(only: &[String]) -> Result<Vec<(String, PathBuf)>, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["test", "--features", "vm-tests", "--no-run", "--message-format=json-render-diagnostics"]);
+    cmd.args([
+        "test",
+        "--features",
+        "vm-tests",
+        "--no-run",
+        "--message-format=json-render-diagnostics",
+    ]);
     if only.is_empty() {
         cmd.args(["--test", "vm_*"]);
     } else {
@@ -258,7 +289,8 @@ fn build_tests(only: &[String]) -> Result<Vec<(String, PathBuf)>, String> {
         if v["reason"] != "compiler-artifact" || v["profile"]["test"] != true {
             continue;
         }
-        let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str()) else {
+        let (Some(name), Some(exe)) = (v["target"]["name"].as_str(), v["executable"].as_str())
+        else {
             continue;
         };
         if v["target"]["kind"][0] == "test" && name.starts_with("vm_") {
