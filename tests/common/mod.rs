@@ -37,10 +37,10 @@ pub fn loops_backed_by(dir: &Path) -> Vec<String> {
         return found;
     };
     for e in entries.flatten() {
-        if let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
-            if Path::new(backing.trim()).starts_with(dir) {
-                found.push(e.file_name().to_string_lossy().into_owned());
-            }
+        if let Ok(backing) = std::fs::read_to_string(e.path().join("loop/backing_file"))
+            && Path::new(backing.trim()).starts_with(dir)
+        {
+            found.push(e.file_name().to_string_lossy().into_owned());
         }
     }
     found
