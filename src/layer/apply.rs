@@ -252,8 +252,25 @@ impl Applier<'_> {
                     tar::EntryType::Fifo => (SFlag::S_IFIFO, 0),
                     _ => {
                         let h = entry.header();
-                        let major = h.device_major().ok().flatten().unwrap_or(0);
-                        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                        let dev_field = |v: io::Result<Option<u32>>, raw: &[u8], what: &str| {
+                            lenient(v.map(|o| u64::from(o.unwrap_or(0))), raw)
+                                .map(|n| n as u32)
+                                .map_err(|e| {
+                                    LayerError::bad_entry(
+                                        name,
+                                        format!("unreadable device {what}: {e}"),
+                                    )
+                                })
+                        };
+                        let (raw_major, raw_minor) = match h.as_ustar() {
+                            Some(u) => (u.dev_major.to_vec(), u.dev_minor.to_vec()),
+                            None => match h.as_gnu() {
+                                Some(g) => (g.dev_major.to_vec(), g.dev_minor.to_vec()),
+                                None => (Vec::new(), Vec::new()),
+                            },
+                        };
+                        let major = dev_field(h.device_major(), &raw_major, "major")?;
+                        let minor = dev_field(h.device_minor(), &raw_minor, "minor")?;
                         let sflag = if kind == tar::EntryType::Char {
                             SFlag::S_IFCHR
                         } else {
@@ -468,10 +485,13 @@ impl Applier<'_> {
         let bad = |what: &str, e: io::Error| {
             LayerError::bad_entry(name, format!("unreadable {what}: {e}"))
         };
-        let mode = h.mode().map_err(|e| bad("mode", e))? & 0o7777;
-        let uid = h.uid().map_err(|e| bad("uid", e))?;
-        let gid = h.gid().map_err(|e| bad("gid", e))?;
-        let mtime = h.mtime().map_err(|e| bad("mtime", e))?;
+        // Blank numeric fields read as 0, as Go's archive/tar (Docker) reads them.
+        let old = h.as_old();
+        let mode = lenient(h.mode().map(u64::from), &old.mode).map_err(|e| bad("mode", e))? as u32
+            & 0o7777;
+        let uid = lenient(h.uid(), &old.uid).map_err(|e| bad("uid", e))?;
+        let gid = lenient(h.gid(), &old.gid).map_err(|e| bad("gid", e))?;
+        let mtime = lenient(h.mtime(), &old.mtime).map_err(|e| bad("mtime", e))?;
         let mut attrs = Attrs {
             mode,
             uid: u32::try_from(uid)
@@ -589,6 +609,14 @@ impl Applier<'_> {
             .ctx(|| format!("setting times of {:?}", safepath::display(&comps)))?;
         }
         Ok(self.applied)
+    }
+}
+
+/// A numeric header field, with a blank (all NUL or space) field read as 0.
+fn lenient(value: io::Result<u64>, raw: &[u8]) -> io::Result<u64> {
+    match value {
+        Err(_) if raw.iter().all(|b| *b == 0 || *b == b' ') => Ok(0),
+        other => other,
     }
 }
 

@@ -47,7 +47,7 @@ pub enum LayerError {
 fn after_entry(after: &Option<String>) -> String {
     match after {
         Some(name) => format!(" after entry {name:?}"),
-        None => " at its first entry".to_string(),
+        None => " before its first complete entry".to_string(),
     }
 }
 

@@ -102,3 +102,6 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     copy::copy_tree(src, dst)
         .map_err(|e| e.into_snapshot(format!("copying {} to {}", src.display(), dst.display())))
 }
+
+#[cfg(test)]
+mod tests;
