@@ -183,10 +183,10 @@ impl Applier<'_> {
         };
         let existing = at.stat().ctx(|| format!("inspecting {name:?}"))?;
         let is_dir_entry = kind.is_dir();
-        if let Some(st) = existing {
-            if !(is_dir_entry && is_dir_mode(st.st_mode)) {
-                safepath::remove_all_at(dir.as_fd(), last).ctx(|| format!("replacing {name:?}"))?;
-            }
+        if let Some(st) = existing
+            && !(is_dir_entry && is_dir_mode(st.st_mode))
+        {
+            safepath::remove_all_at(dir.as_fd(), last).ctx(|| format!("replacing {name:?}"))?;
         }
 
         let io_ctx = || format!("creating {name:?}");
@@ -320,10 +320,10 @@ impl Applier<'_> {
         if self.format == WhiteoutFormat::Aufs {
             // aufs layer directories keep every `.wh.` name as-is, but a
             // whiteout still must not name `.` or `..`.
-            if let Marker::Whiteout(t) = marker {
-                if !whiteout::valid_target(t) {
-                    return Err(LayerError::unsafe_entry(name, "whiteout of `.` or `..`"));
-                }
+            if let Marker::Whiteout(t) = marker
+                && !whiteout::valid_target(t)
+            {
+                return Err(LayerError::unsafe_entry(name, "whiteout of `.` or `..`"));
             }
             return Ok(None);
         }
@@ -335,7 +335,7 @@ impl Applier<'_> {
                 Ok(None)
             }
             Marker::Meta => {
-                if comps.len() >= 1 && comps[0] == whiteout::AUFS_LINK_DIR {
+                if comps.first().is_some_and(|c| c == whiteout::AUFS_LINK_DIR) {
                     self.aufs_links = true;
                     return Ok(None);
                 }

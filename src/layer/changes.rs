@@ -11,10 +11,16 @@
 //!   of changes so their permissions travel with the diff);
 //! - a directory replaced wholesale is reported as `Delete` *and* `Add` of
 //!   the directory (then its children as `Add`); the tar writer turns that
-//!   pair into an opaque marker `<dir>/.wh..wh..opq`. From full trees,
-//!   "replaced wholesale" means none of the parent's entries survive in the
-//!   directory and it has new content; an emptied directory is reported with
-//!   explicit deletions instead (OCI: writers should prefer them);
+//!   pair into an opaque marker `<dir>/.wh..wh..opq`. Union layer dirs say
+//!   so themselves (overlay's opaque xattr, aufs's marker). Full trees are
+//!   read two ways: when both trees are snapshots of one filesystem
+//!   (devicemapper thin snapshots, btrfs subvolumes: the two roots share an
+//!   inode number on different devices), a directory whose inode number
+//!   changed was replaced; for copies (vfs), a directory is taken as
+//!   replaced when at least two entries of the parent's directory are all
+//!   gone and it has new content. Anything else (an emptied directory, a
+//!   single renamed file) is reported with explicit deletions (OCI: writers
+//!   should prefer them);
 //! - a path whose type changes (file to directory, ...) is one `Modify`; the
 //!   old directory's children are not listed (replacing the path removes them);
 //! - sorted by path, component-wise, a `Delete` before an `Add` of the same path.
@@ -71,10 +77,21 @@ fn meta(path: &Path) -> Result<Meta, LayerError> {
 /// Changes turning the full tree `parent` into the full tree `layer`.
 pub fn between(layer: &Path, parent: Option<&Path>) -> Result<Vec<Change>, LayerError> {
     let mut out = Vec::new();
-    compare_dirs(layer, parent, Path::new("/"), &mut out)?;
+    let by_inode = match parent {
+        Some(p) => {
+            let (l, p) = (meta(layer)?, meta(p)?);
+            l.ino == p.ino && l.dev != p.dev
+        }
+        None => false,
+    };
+    compare_dirs(layer, parent, Path::new("/"), by_inode, &mut out)?;
     sort(&mut out);
     Ok(out)
 }
+
+/// Fewest parent entries that must all be gone before a copied directory
+/// counts as replaced (one renamed file is not a replacement).
+const REPLACED_MIN_ENTRIES: usize = 2;
 
 /// Compares directory `new` with `old` (absent: everything is new); returns
 /// whether anything below changed.
@@ -82,6 +99,7 @@ fn compare_dirs(
     new: &Path,
     old: Option<&Path>,
     rel: &Path,
+    by_inode: bool,
     out: &mut Vec<Change>,
 ) -> Result<bool, LayerError> {
     let start = out.len();
@@ -100,24 +118,28 @@ fn compare_dirs(
         let Some(old_path) = old_path else {
             push(out, &child, ChangeKind::Add);
             if nm.kind == FileKind::Dir {
-                compare_dirs(&new_path, None, &child, out)?;
+                compare_dirs(&new_path, None, &child, by_inode, out)?;
             }
             continue;
         };
         let om = meta(&old_path)?;
         match (om.kind == FileKind::Dir, nm.kind == FileKind::Dir) {
             (true, true) => {
-                let old_children = names(&old_path)?;
-                let new_children = names(&new_path)?;
-                let replaced = !old_children.is_empty()
-                    && !new_children.is_empty()
-                    && old_children.is_disjoint(&new_children);
+                let replaced = if by_inode {
+                    nm.ino != om.ino
+                } else {
+                    let old_children = names(&old_path)?;
+                    let new_children = names(&new_path)?;
+                    old_children.len() >= REPLACED_MIN_ENTRIES
+                        && !new_children.is_empty()
+                        && old_children.is_disjoint(&new_children)
+                };
                 if replaced {
                     push(out, &child, ChangeKind::Delete);
                     push(out, &child, ChangeKind::Add);
-                    compare_dirs(&new_path, None, &child, out)?;
+                    compare_dirs(&new_path, None, &child, by_inode, out)?;
                 } else {
-                    let inner = compare_dirs(&new_path, Some(&old_path), &child, out)?;
+                    let inner = compare_dirs(&new_path, Some(&old_path), &child, by_inode, out)?;
                     if inner || nm.differs_from(&om) {
                         push(out, &child, ChangeKind::Modify);
                     }
@@ -128,7 +150,7 @@ fn compare_dirs(
                     push(out, &child, ChangeKind::Modify);
                 }
                 if new_is_dir {
-                    compare_dirs(&new_path, None, &child, out)?;
+                    compare_dirs(&new_path, None, &child, by_inode, out)?;
                 }
             }
         }

@@ -156,13 +156,13 @@ fn open_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<OwnedFd> {
 }
 
 fn classify(dir: BorrowedFd<'_>, name: &OsStr, err: Errno, here: String) -> Refusal {
-    if matches!(err, Errno::ELOOP | Errno::ENOTDIR) {
-        if let Ok(st) = nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-                return Refusal::Symlink(here);
-            }
-            return Refusal::NotDir(here);
+    if matches!(err, Errno::ELOOP | Errno::ENOTDIR)
+        && let Ok(st) = nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+    {
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Refusal::Symlink(here);
         }
+        return Refusal::NotDir(here);
     }
     Refusal::Io(here, err.into())
 }

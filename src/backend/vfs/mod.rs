@@ -136,14 +136,29 @@ impl VfsDriver {
         LayerMeta::load(&self.meta_path(id))
     }
 
-    fn children(&self, id: &LayerId) -> Result<Vec<String>> {
-        let mut kids = Vec::new();
-        for info in self.list()? {
-            if info.parent.as_ref() == Some(id) {
-                kids.push(info.id.to_string());
-            }
+    /// Every layer with its record, sorted by id (takes no lock).
+    fn scan(&self) -> Result<Vec<(LayerId, LayerMeta)>> {
+        let dir = self.home.join("dir");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&dir).ctx("listing", &dir)? {
+            let entry = entry.ctx("listing", &dir)?;
+            let Ok(id) = LayerId::new(&entry.file_name().to_string_lossy()) else {
+                continue;
+            };
+            let meta = LayerMeta::load(&self.meta_path(&id))?;
+            out.push((id, meta));
         }
-        Ok(kids)
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn children(&self, id: &LayerId) -> Result<Vec<String>> {
+        Ok(self
+            .scan()?
+            .into_iter()
+            .filter(|(_, m)| m.parent.as_ref() == Some(id))
+            .map(|(kid, _)| kid.to_string())
+            .collect())
     }
 
     fn create_inner(&self, id: &LayerId, parent: Option<&LayerId>, build: &Path) -> Result<()> {
@@ -225,12 +240,12 @@ impl Driver for VfsDriver {
         }
         let mut st = self.state();
         st.pending.remove(id);
-        if let Some(p) = parent {
-            if let Some(n) = st.pinned.get_mut(p) {
-                *n -= 1;
-                if *n == 0 {
-                    st.pinned.remove(p);
-                }
+        if let Some(p) = parent
+            && let Some(n) = st.pinned.get_mut(p)
+        {
+            *n -= 1;
+            if *n == 0 {
+                st.pinned.remove(p);
             }
         }
         result
@@ -348,24 +363,17 @@ impl Driver for VfsDriver {
     }
 
     fn list(&self) -> Result<Vec<LayerInfo>> {
-        let dir = self.home.join("dir");
-        let mut out = Vec::new();
+        let layers = self.scan()?;
         let mounts = self.state().mounts.clone();
-        for entry in fs::read_dir(&dir).ctx("listing", &dir)? {
-            let entry = entry.ctx("listing", &dir)?;
-            let Ok(id) = LayerId::new(&entry.file_name().to_string_lossy()) else {
-                continue;
-            };
-            let meta = LayerMeta::load(&self.meta_path(&id))?;
-            out.push(LayerInfo {
+        Ok(layers
+            .into_iter()
+            .map(|(id, meta)| LayerInfo {
                 mount_count: mounts.get(&id).copied().unwrap_or(0),
                 id,
                 parent: meta.parent,
                 incomplete: meta.incomplete,
-            });
-        }
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(out)
+            })
+            .collect())
     }
 
     fn usage(&self, id: &LayerId) -> Result<Usage> {
