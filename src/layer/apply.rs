@@ -119,8 +119,8 @@ pub fn apply_tar_with(
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         applier.entry(&mut entry, &name).map_err(|e| match e {
             // An I/O error while reading entry data is a truncated stream.
-            LayerError::Io { source, .. } if is_stream_error(&source) => LayerError::Corrupt {
-                after: Some(name.clone()),
+            LayerError::Io { source, .. } if is_stream_error(&source) => LayerError::Truncated {
+                entry: name.clone(),
                 source,
             },
             other => other,

@@ -33,6 +33,14 @@ pub enum LayerError {
         source: io::Error,
     },
 
+    /// The stream ended (or failed) in the middle of an entry's data.
+    #[error("the tar stream is corrupt or truncated inside entry {entry:?}: {source}")]
+    Truncated {
+        entry: String,
+        #[source]
+        source: io::Error,
+    },
+
     #[error("{what} is not supported: {detail}")]
     Unsupported { what: String, detail: String },
 
@@ -78,7 +86,8 @@ impl LayerError {
         match self {
             LayerError::Unsafe { .. }
             | LayerError::BadEntry { .. }
-            | LayerError::Corrupt { .. } => ErrorKind::InvalidInput,
+            | LayerError::Corrupt { .. }
+            | LayerError::Truncated { .. } => ErrorKind::InvalidInput,
             LayerError::TooLarge { .. } => ErrorKind::NoSpace,
             LayerError::Unsupported { .. } => ErrorKind::Unsupported,
             LayerError::Io { source, .. } => match source.raw_os_error() {
