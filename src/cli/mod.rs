@@ -1,7 +1,11 @@
 //! The `thinsnap` command line: one file per command family, all built on
 //! the snapshot API so every command works with every backend.
 
+mod container;
 mod doctor;
+pub mod image;
+mod layer;
+pub mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +55,21 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Report what this host supports and which driver to use.
     Doctor(doctor::DoctorArgs),
+    /// Import layer tars as a chain of layers (one per tar, bottom first) and print their ids.
+    Import(image::ImportArgs),
+    /// Write a layer's changes against its parent as an OCI layer tar to stdout.
+    Diff(layer::DiffArgs),
+    /// Apply an OCI layer tar (plain, gzip or zstd) from stdin to a layer.
+    Apply(layer::ApplyArgs),
+    /// List a layer's changes against its parent (`A`/`C`/`D path`).
+    Changes(layer::ChangesArgs),
+    /// Show a layer: parent, state, mounts, size, backend metadata.
+    Inspect(layer::InspectArgs),
+    /// Remove a layer.
+    Rm(layer::RmArgs),
+    /// Container layers (Docker's `<id>-init` + `<id>`).
+    #[command(subcommand)]
+    Container(container::ContainerCommand),
 }
 
 /// Runs the CLI and maps the outcome to an exit code; errors are printed
@@ -70,6 +89,13 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Doctor(args) => doctor::run(&cli.global, &args),
+        Command::Import(args) => image::run(&cli.global, &args),
+        Command::Diff(args) => layer::diff(&cli.global, &args),
+        Command::Apply(args) => layer::apply(&cli.global, &args),
+        Command::Changes(args) => layer::changes(&cli.global, &args),
+        Command::Inspect(args) => layer::inspect(&cli.global, &args),
+        Command::Rm(args) => layer::rm(&cli.global, &args),
+        Command::Container(cmd) => container::run(&cli.global, &cmd),
     }
 }
 

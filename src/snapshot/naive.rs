@@ -7,6 +7,15 @@ use std::io::{Read, Write};
 use super::{Change, Driver, LayerId, Result, SnapshotError};
 use crate::layer::{self, WhiteoutFormat};
 
+/// Failpoints of the naive `apply_diff` (between marking the layer
+/// incomplete, writing and syncing the data, and clearing the mark).
+pub const FAILPOINTS: &[&str] = &["snapshot.apply.after_mark", "snapshot.apply.after_sync"];
+
+fn failpoint(name: &'static str) -> Result<()> {
+    crate::failpoint::hit(name)
+        .map_err(|e| SnapshotError::other(super::ErrorKind::Io, "apply_diff", e))
+}
+
 /// Holds a `get` and releases it on drop, so an early return never leaks a mount.
 pub struct Mounted<'a, D: Driver + ?Sized> {
     driver: &'a D,
@@ -116,8 +125,10 @@ pub fn apply_diff<D: Driver + ?Sized>(
     // disk before the first byte of the tar lands in the layer.
     let layer = Mounted::new(driver, id)?;
     driver.set_incomplete(id, true)?;
+    failpoint("snapshot.apply.after_mark")?;
     let applied = layer::apply_tar(&layer.path, tar, WhiteoutFormat::Apply)?;
     layer::sync_tree(&layer.path)?;
+    failpoint("snapshot.apply.after_sync")?;
     driver.set_incomplete(id, false)?;
     Ok(applied)
 }

@@ -342,14 +342,9 @@ impl Driver for VfsDriver {
     }
 
     fn metadata(&self, id: &LayerId) -> Result<BTreeMap<String, String>> {
-        let meta = self.read_meta(id)?;
+        self.read_meta(id)?;
         let mut map = BTreeMap::new();
         map.insert("Dir".into(), self.layer_dir(id).display().to_string());
-        map.insert(
-            "Parent".into(),
-            meta.parent.map(|p| p.to_string()).unwrap_or_default(),
-        );
-        map.insert("Incomplete".into(), meta.incomplete.to_string());
         Ok(map)
     }
 
