@@ -44,6 +44,13 @@ pub fn create_container<D: Driver + ?Sized>(
     if driver.exists(id) {
         return Err(SnapshotError::already_exists(id));
     }
+    if driver.exists(&init) {
+        // An init layer without its container is what an interrupted
+        // create_container leaves behind (the container layer is created
+        // last): start over rather than fail forever.
+        tracing::warn!(id = %init, "removing the init layer of an interrupted container create");
+        driver.remove(&init)?;
+    }
     driver.create_read_write(&init, image_top, opts)?;
     let populated = (|| {
         let mounted = Mounted::new(driver, &init)?;

@@ -466,7 +466,8 @@ pub fn hardlinks(ctx: &mut Ctx) {
 
 // --- diff / apply ------------------------------------------------------------------
 
-/// A tar with files, dirs, symlinks, hardlinks, xattrs, a sparse file, a fifo.
+/// A tar with files, dirs, symlinks, hardlinks, xattrs, a sparse file, a
+/// fifo and a device node.
 fn rich_tar() -> Vec<u8> {
     let mut sparse = vec![0u8; 8 << 20];
     sparse[..4].copy_from_slice(b"head");
@@ -484,6 +485,8 @@ fn rich_tar() -> Vec<u8> {
         .dir("var", 0o755)
         .file("var/sparse", &sparse)
         .fifo("var/fifo")
+        .dir("dev", 0o755)
+        .char_device("dev/null", 1, 3)
         .dir("empty", 0o700)
         .finish()
 }
@@ -685,6 +688,19 @@ pub fn container_init_layer(ctx: &mut Ctx) {
     container::remove_container(d, &c).unwrap();
     assert!(!d.exists(&c) && !d.exists(&id("ctr-init")));
     assert!(d.exists(&id("image")));
+    // An init layer left by an interrupted create does not block the next one.
+    create(d, "again-init", Some("image"));
+    container::create_container(d, &id("again"), Some(&id("image")), &CreateOpts::default())
+        .unwrap();
+    with_layer(d, "again", |root| {
+        assert!(root.join(".dockerenv").is_file())
+    });
+    container::remove_container(d, &id("again")).unwrap();
+    assert_kind(
+        container::remove_container(d, &id("again")),
+        ErrorKind::NotFound,
+        "remove twice",
+    );
 }
 
 // --- lifecycle -------------------------------------------------------------------------

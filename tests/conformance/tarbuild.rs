@@ -83,6 +83,14 @@ impl TarBuild {
         self
     }
 
+    pub fn char_device(mut self, name: &str, major: u32, minor: u32) -> Self {
+        let mut h = header(EntryType::Char, 0o666, 0);
+        h.set_device_major(major).unwrap();
+        h.set_device_minor(minor).unwrap();
+        self.b.append_data(&mut h, name, std::io::empty()).unwrap();
+        self
+    }
+
     pub fn whiteout(self, name: &str) -> Self {
         let (dir, base) = name
             .rsplit_once('/')
