@@ -70,16 +70,16 @@ pub fn ensure(cache: &Path) -> Result<Kernel, String> {
         return Ok(k);
     }
     fs::create_dir_all(cache).map_err(|e| format!("creating {}: {e}", cache.display()))?;
-    let deps = run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
-    let package = deps
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-"))
-        .ok_or(
-            "apt-cache knows no linux-image-amd64 dependency; run `make setup` (apt-get update)",
-        )?
-        .trim()
-        .to_string();
+    let package = match kernel_package() {
+        Some(p) => p,
+        None => {
+            // Fresh machines may have empty package lists.
+            run(Command::new("apt-get").args(["update", "-qq"]))?;
+            kernel_package().ok_or(
+                "apt-cache knows no linux-image-amd64 dependency even after apt-get update",
+            )?
+        }
+    };
     let dl = cache.join("download");
     let _ = fs::remove_dir_all(&dl);
     fs::create_dir_all(&dl).map_err(|e| format!("creating {}: {e}", dl.display()))?;
@@ -119,6 +119,15 @@ pub fn ensure(cache: &Path) -> Result<Kernel, String> {
     )
     .map_err(|e| format!("writing {}: {e}", manifest.display()))?;
     Ok(kernel)
+}
+
+/// The versioned kernel package `linux-image-amd64` currently depends on.
+fn kernel_package() -> Option<String> {
+    let deps = run(Command::new("apt-cache").args(["depends", "linux-image-amd64"])).ok()?;
+    deps.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .map(|p| p.trim().to_string())
 }
 
 /// Module files (relative to the modules dir) for `MODULES` and their
