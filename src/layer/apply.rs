@@ -21,7 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag};
+use nix::fcntl::AtFlags;
 use nix::sys::stat::{Mode, SFlag};
 
 use super::WhiteoutFormat;
@@ -211,18 +211,7 @@ impl Applier<'_> {
                         available: self.free,
                     });
                 }
-                let fd = nix::fcntl::openat(
-                    dir.as_fd(),
-                    last.as_os_str(),
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .ctx(io_ctx)?;
-                let file = File::from(fd);
+                let file = at.create_file().ctx(io_ctx)?;
                 write_sparse(entry, &file, size).ctx(|| format!("writing {name:?}"))?;
                 self.applied = self.applied.saturating_add(size);
             }

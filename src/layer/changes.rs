@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use super::WhiteoutFormat;
 use super::error::{IoCtx, LayerError};
 use super::fsmeta::{self, FileKind, Meta};
-use super::whiteout::{self, Marker, OVERLAY_OPAQUE_XATTR};
+use super::whiteout::{self, Marker};
 use crate::snapshot::{Change, ChangeKind};
 
 /// Sorts changes: by path component-wise (a directory right before its
@@ -257,20 +257,7 @@ impl Union<'_> {
 
     /// Whether upper or lower directory `dir` is opaque in this format.
     fn is_opaque(&self, dir: &Path) -> Result<bool, LayerError> {
-        match self.format {
-            WhiteoutFormat::Overlay => match xattr::get(dir, OVERLAY_OPAQUE_XATTR) {
-                Ok(v) => Ok(v.as_deref() == Some(b"y")),
-                Err(e) if fsmeta::is_unsupported(&e) => Ok(false),
-                Err(e) => Err(LayerError::io(
-                    format!("reading xattrs of {}", dir.display()),
-                    e,
-                )),
-            },
-            WhiteoutFormat::Aufs => {
-                Ok(fs::symlink_metadata(dir.join(whiteout::OPAQUE_MARKER)).is_ok())
-            }
-            WhiteoutFormat::Apply => Ok(false),
-        }
+        whiteout::is_opaque_dir(dir, self.format)
     }
 
     /// Whether lower layer dir `lower` whites out `name` inside `dir`.

@@ -97,18 +97,7 @@ fn copy_dir(
                     }
                     links.insert((m.dev, m.ino), d.clone());
                 }
-                let fd = nix::fcntl::openat(
-                    dst_fd.as_fd(),
-                    name.as_os_str(),
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .ctx(create)?;
-                let out = File::from(fd);
+                let out = at.create_file().ctx(create)?;
                 let input = File::open(&s).ctx(|| format!("opening {}", s.display()))?;
                 copy_sparse(&input, &out, m.size)
                     .ctx(|| format!("copying {} to {}", s.display(), d.display()))?;

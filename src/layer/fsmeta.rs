@@ -261,6 +261,19 @@ impl At<'_> {
         xattr::set(self.proc_path(), name, value)
     }
 
+    /// Creates the entry as a new regular file (mode 0600 until its own
+    /// mode is set), failing if anything, a symlink included, is there.
+    pub fn create_file(&self) -> io::Result<fs::File> {
+        use nix::fcntl::OFlag;
+        let fd = nix::fcntl::openat(
+            self.dir,
+            self.name,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )?;
+        Ok(fs::File::from(fd))
+    }
+
     pub fn stat(&self) -> io::Result<Option<nix::sys::stat::FileStat>> {
         match nix::sys::stat::fstatat(self.dir, self.name, AtFlags::AT_SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some(st)),

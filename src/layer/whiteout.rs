@@ -66,6 +66,27 @@ pub fn is_overlay_whiteout(meta: &std::fs::Metadata) -> bool {
     meta.file_type().is_char_device() && meta.rdev() == 0
 }
 
+/// Whether directory `dir` of a layer dir in `format` is opaque (hides
+/// everything below it in lower layers). `Apply` trees have no markers.
+pub fn is_opaque_dir(
+    dir: &std::path::Path,
+    format: super::WhiteoutFormat,
+) -> Result<bool, super::LayerError> {
+    use super::WhiteoutFormat;
+    match format {
+        WhiteoutFormat::Overlay => match xattr::get(dir, OVERLAY_OPAQUE_XATTR) {
+            Ok(v) => Ok(v.as_deref() == Some(b"y")),
+            Err(e) if super::fsmeta::is_unsupported(&e) => Ok(false),
+            Err(e) => Err(super::LayerError::io(
+                format!("reading xattrs of {}", dir.display()),
+                e,
+            )),
+        },
+        WhiteoutFormat::Aufs => Ok(std::fs::symlink_metadata(dir.join(OPAQUE_MARKER)).is_ok()),
+        WhiteoutFormat::Apply => Ok(false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,10 +15,8 @@
 //! directory's mode, owner and mtime.
 
 use std::collections::{HashMap, HashSet};
-use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -28,7 +26,7 @@ use super::WhiteoutFormat;
 use super::changes;
 use super::error::{IoCtx, LayerError};
 use super::fsmeta::{self, FileKind, Meta};
-use super::whiteout::{self, Marker, OVERLAY_OPAQUE_XATTR};
+use super::whiteout::{self, Marker};
 use crate::snapshot::{Change, ChangeKind};
 
 /// Counts what goes through to the output.
@@ -344,28 +342,13 @@ fn walk_layer_dir(
         }
         tar.entry(&abs, &child, &m)?;
         if m.kind == FileKind::Dir {
-            if is_opaque(&abs, format)? {
+            if whiteout::is_opaque_dir(&abs, format)? {
                 tar.opaque(&child, &m)?;
             }
             walk_layer_dir(tar, &abs, &child, format)?;
         }
     }
     Ok(())
-}
-
-fn is_opaque(dir: &Path, format: WhiteoutFormat) -> Result<bool, LayerError> {
-    match format {
-        WhiteoutFormat::Overlay => match xattr::get(dir, OVERLAY_OPAQUE_XATTR) {
-            Ok(v) => Ok(v.as_deref() == Some(b"y")),
-            Err(e) if fsmeta::is_unsupported(&e) => Ok(false),
-            Err(e) => Err(LayerError::io(
-                format!("reading xattrs of {}", dir.display()),
-                e,
-            )),
-        },
-        WhiteoutFormat::Aufs => Ok(fs::symlink_metadata(dir.join(whiteout::OPAQUE_MARKER)).is_ok()),
-        WhiteoutFormat::Apply => Ok(false),
-    }
 }
 
 /// Docker's `ChangesSize`: apparent sizes of the added or modified
@@ -393,10 +376,4 @@ pub fn changes_size(root: &Path, changes: &[Change]) -> Result<u64, LayerError> 
         total = total.saturating_add(m.len());
     }
     Ok(total)
-}
-
-/// True when `name` is a whiteout or aufs metadata name.
-pub fn is_marker_name(name: &OsStr) -> bool {
-    name.as_bytes()
-        .starts_with(whiteout::WHITEOUT_PREFIX.as_bytes())
 }

@@ -50,6 +50,15 @@ fn layer_from_tar(d: &dyn Driver, name: &str, parent: Option<&str>, tar: &[u8]) 
     apply(d, name, parent, tar);
 }
 
+/// A parentless layer holding one directory `dir` with one file `dir/file`.
+fn layer_with_file(d: &dyn Driver, name: &str, dir: &str, file: &str, data: &[u8]) {
+    let tar = TarBuild::new()
+        .dir(dir, 0o755)
+        .file(&format!("{dir}/{file}"), data)
+        .finish();
+    layer_from_tar(d, name, None, &tar);
+}
+
 fn diff(d: &dyn Driver, name: &str, parent: Option<&str>) -> Vec<u8> {
     let p = parent.map(id);
     let mut out = Vec::new();
@@ -268,15 +277,7 @@ pub fn depth_limit(ctx: &mut Ctx) {
 
 pub fn cow_isolation_of_siblings(ctx: &mut Ctx) {
     let d = ctx.d();
-    layer_from_tar(
-        d,
-        "base",
-        None,
-        &TarBuild::new()
-            .dir("etc", 0o755)
-            .file("etc/shared", b"base")
-            .finish(),
-    );
+    layer_with_file(d, "base", "etc", "shared", b"base");
     create(d, "a", Some("base"));
     create(d, "b", Some("base"));
     with_layer(d, "a", |root| {
@@ -372,15 +373,7 @@ pub fn whiteouts_in_diff(ctx: &mut Ctx) {
 
 pub fn rename_of_lower_file(ctx: &mut Ctx) {
     let d = ctx.d();
-    layer_from_tar(
-        d,
-        "base",
-        None,
-        &TarBuild::new()
-            .dir("dir", 0o755)
-            .file("dir/f", b"data")
-            .finish(),
-    );
+    layer_with_file(d, "base", "dir", "f", b"data");
     create(d, "child", Some("base"));
     with_layer(d, "child", |root| {
         fs::rename(root.join("dir/f"), root.join("dir/g")).unwrap();
@@ -399,15 +392,7 @@ pub fn rename_of_lower_file(ctx: &mut Ctx) {
 
 pub fn rename_of_lower_dir(ctx: &mut Ctx) {
     let d = ctx.d();
-    layer_from_tar(
-        d,
-        "base",
-        None,
-        &TarBuild::new()
-            .dir("dir", 0o755)
-            .file("dir/f", b"data")
-            .finish(),
-    );
+    layer_with_file(d, "base", "dir", "f", b"data");
     create(d, "child", Some("base"));
     let exdev = ctx.caps.rename_lower_dir_exdev;
     with_layer(d, "child", |root| {
