@@ -337,13 +337,13 @@ impl Applier<'_> {
                 }
                 let mut victim = parent.to_vec();
                 victim.push(target.to_os_string());
+                if self.unpacked.contains(&victim) {
+                    // Whiteouts hide lower layers only, never entries of the
+                    // same tar.
+                    return Ok(Some(Ok(())));
+                }
                 match self.format {
                     WhiteoutFormat::Apply => {
-                        if self.unpacked.contains(&victim) {
-                            // Whiteouts hide lower layers only, never entries
-                            // of the same tar.
-                            return Ok(Some(Ok(())));
-                        }
                         if let Some(dir) = self.parent_dir(parent, name, false)? {
                             safepath::remove_all_at(dir.as_fd(), target)
                                 .ctx(|| format!("applying whiteout {name:?}"))?;
@@ -595,6 +595,11 @@ impl Applier<'_> {
                 name: last,
             }
             .set_times(mtime, mtime)
+            .or_else(|e| match e.kind() {
+                // Removed by a later whiteout or the aufs link cleanup.
+                io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
             .ctx(|| format!("setting times of {:?}", safepath::display(&comps)))?;
         }
         Ok(self.applied)

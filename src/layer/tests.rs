@@ -215,6 +215,73 @@ fn diff_size_counts_changed_files_once() {
 }
 
 #[test]
+fn gnu_sparse_input_keeps_its_holes() {
+    let src = tempfile::tempdir().unwrap();
+    let path = src.path().join("sparse");
+    let mut f = File::create(&path).unwrap();
+    f.write_all(b"start").unwrap();
+    f.seek(SeekFrom::Start(16 << 20)).unwrap();
+    f.write_all(b"end").unwrap();
+    drop(f);
+    let mut b = tar::Builder::new(Vec::new());
+    b.sparse(true);
+    b.append_path_with_name(&path, "sparse").unwrap();
+    let tar = b.into_inner().unwrap();
+    assert!(tar.len() < 1 << 20, "the input really is a GNU sparse tar");
+    assert_eq!(entries(&tar)[0].1, 'S');
+    let dst = tempfile::tempdir().unwrap();
+    apply_tar(dst.path(), &mut tar.as_slice(), WhiteoutFormat::Apply).unwrap();
+    let got = fs::metadata(dst.path().join("sparse")).unwrap();
+    assert_eq!(got.len(), (16 << 20) + 3);
+    assert!(
+        got.blocks() * 512 < 1 << 20,
+        "holes inflated: {} blocks",
+        got.blocks()
+    );
+    assert_eq!(
+        fs::read(dst.path().join("sparse")).unwrap(),
+        fs::read(&path).unwrap()
+    );
+}
+
+#[test]
+fn aufs_hardlink_dir_is_resolved_then_dropped() {
+    // Old aufs layers keep the first link of a file in /.wh..wh.plnk and
+    // link to it from the real path.
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o700);
+    h.set_size(0);
+    b.append_data(&mut h, ".wh..wh.plnk/", &b""[..]).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(4);
+    b.append_data(&mut h, ".wh..wh.plnk/1234.5678", &b"data"[..])
+        .unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_mode(0o644);
+    h.set_size(0);
+    b.append_link(&mut h, "usr/lib/file", ".wh..wh.plnk/1234.5678")
+        .unwrap();
+    let tar = b.into_inner().unwrap();
+    for format in [WhiteoutFormat::Apply, WhiteoutFormat::Overlay] {
+        let dst = tempfile::tempdir().unwrap();
+        apply_tar(dst.path(), &mut tar.as_slice(), format).unwrap();
+        assert_eq!(fs::read(dst.path().join("usr/lib/file")).unwrap(), b"data");
+        assert!(!dst.path().join(".wh..wh.plnk").exists(), "{format:?}");
+    }
+    let dst = tempfile::tempdir().unwrap();
+    apply_tar(dst.path(), &mut tar.as_slice(), WhiteoutFormat::Aufs).unwrap();
+    assert!(
+        dst.path().join(".wh..wh.plnk/1234.5678").exists(),
+        "aufs keeps its own store"
+    );
+}
+
+#[test]
 fn whiteout_never_removes_entries_of_the_same_tar() {
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
@@ -227,9 +294,11 @@ fn whiteout_never_removes_entries_of_the_same_tar() {
     h.set_entry_type(tar::EntryType::Regular);
     b.append_data(&mut h, ".wh.x", &b""[..]).unwrap();
     let tar = b.into_inner().unwrap();
-    let dst = tempfile::tempdir().unwrap();
-    apply_tar(dst.path(), &mut tar.as_slice(), WhiteoutFormat::Apply).unwrap();
-    assert_eq!(fs::read(dst.path().join("x")).unwrap(), b"hi");
+    for format in [WhiteoutFormat::Apply, WhiteoutFormat::Overlay] {
+        let dst = tempfile::tempdir().unwrap();
+        apply_tar(dst.path(), &mut tar.as_slice(), format).unwrap();
+        assert_eq!(fs::read(dst.path().join("x")).unwrap(), b"hi", "{format:?}");
+    }
 }
 
 #[test]
