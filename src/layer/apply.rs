@@ -9,7 +9,7 @@
 //! space of the layer's filesystem before any data is read, runs of zero
 //! blocks become holes, setuid/setgid bits and ownership are kept only when
 //! running as root, device nodes need root (`mknod`), and overlay's own
-//! `trusted.overlay.*` xattrs are never accepted from a tar.
+//! `trusted.overlay.*` xattrs are never taken from a tar (dropped, with a warning).
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
@@ -506,13 +506,17 @@ impl Applier<'_> {
                     })?;
                 } else if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
                     if x.starts_with(OVERLAY_XATTR_PREFIX.as_bytes()) {
-                        return Err(LayerError::unsafe_entry(
-                            name,
-                            format!(
-                                "it carries overlay's internal xattr {}; layers may not set trusted.overlay.*",
-                                String::from_utf8_lossy(x)
-                            ),
-                        ));
+                        // overlay's own metadata (opaque, redirect, origin,
+                        // impure...) is never taken from a tar: it would let
+                        // a layer forge overlay lookups. Images built on
+                        // overlay hosts sometimes carry them, so they are
+                        // dropped, not refused (as umoci and stacker do).
+                        tracing::warn!(
+                            entry = name,
+                            xattr = %String::from_utf8_lossy(x),
+                            "dropping overlay's internal xattr from the layer tar"
+                        );
+                        continue;
                     }
                     if x.is_empty() || x.contains(&0) {
                         return Err(LayerError::bad_entry(name, "malformed xattr name"));
