@@ -95,7 +95,7 @@ pub fn apply_tar_with(
         .ctx(|| format!("reading free space of {}", root.display()))?;
     let free = (vfs.blocks_available() as u64).saturating_mul(vfs.fragment_size() as u64);
     let (_, reader) = compress::decompress(tar)?;
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(super::guard::HeaderGuard::new(reader));
     let mut applier = Applier {
         root: &beneath,
         format,

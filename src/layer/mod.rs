@@ -14,6 +14,7 @@ pub mod compress;
 pub mod copy;
 pub mod error;
 pub mod fsmeta;
+pub mod guard;
 pub mod safepath;
 pub mod whiteout;
 pub mod writer;

@@ -406,6 +406,19 @@ pub fn corpus() -> Vec<Case> {
             refused("sparse-bomb"),
         ),
         case(
+            "longname-bomb.tar",
+            "a GNU long-name entry claiming 1 GiB (the parser would buffer it all)",
+            {
+                let mut h = header(b"././@LongLink", b'L', 1 << 30, b"", true);
+                checksum(&mut h);
+                let mut r = Raw::default();
+                r.out.extend_from_slice(&h);
+                r.out.extend_from_slice(&[b'a'; BLOCK]);
+                r.finish()
+            },
+            Expect::Corrupt,
+        ),
+        case(
             "truncated.tar",
             "a header claiming 4096 bytes, the stream ends after 100",
             {
