@@ -60,10 +60,10 @@ impl<R: Read> HeaderGuard<R> {
                 }
                 self.skip -= n as u64;
                 data = &data[n..];
-                if self.skip == 0 {
-                    if let Some((buf, _)) = self.pax.take() {
-                        self.pax_size = pax_size(&buf);
-                    }
+                if self.skip == 0
+                    && let Some((buf, _)) = self.pax.take()
+                {
+                    self.pax_size = pax_size(&buf);
                 }
                 continue;
             }
@@ -124,10 +124,8 @@ impl<R: Read> HeaderGuard<R> {
                 ),
             ));
         }
-        if !is_meta {
-            if let Some(s) = self.pax_size.take() {
-                size = s;
-            }
+        if !is_meta && let Some(s) = self.pax_size.take() {
+            size = s;
         }
         if kind == b'x' {
             self.pax = Some((Vec::with_capacity(size as usize), size));
@@ -138,10 +136,10 @@ impl<R: Read> HeaderGuard<R> {
             self.pending = padded;
         } else {
             self.skip = padded;
-            if padded == 0 {
-                if let Some((buf, _)) = self.pax.take() {
-                    self.pax_size = pax_size(&buf);
-                }
+            if padded == 0
+                && let Some((buf, _)) = self.pax.take()
+            {
+                self.pax_size = pax_size(&buf);
             }
         }
         Ok(())
