@@ -179,4 +179,5 @@ fn every_hostile_archive_stays_inside_the_layer() {
             case.file
         );
     }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
