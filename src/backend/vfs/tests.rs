@@ -57,3 +57,39 @@ fn corrupt_meta_names_the_file() {
     assert_eq!(e.kind(), ErrorKind::Corrupt);
     assert!(e.to_string().contains("vfs/meta/a"), "{e}");
 }
+
+#[test]
+fn concurrent_creates_and_removes_stay_consistent() {
+    let root = tempfile::tempdir().unwrap();
+    let d = std::sync::Arc::new(VfsDriver::open(root.path(), &[]).unwrap());
+    d.create(&id("base"), None, &CreateOpts::default()).unwrap();
+    fs::write(d.layer_dir(&id("base")).join("f"), vec![3u8; 1 << 20]).unwrap();
+    let workers: Vec<_> = (0..8)
+        .map(|i| {
+            let d = d.clone();
+            std::thread::spawn(move || {
+                let kid = id(&format!("kid{i}"));
+                d.create(&kid, Some(&id("base")), &CreateOpts::default())
+                    .unwrap();
+                // Removing the parent while children exist or are being
+                // copied from it is refused, never half-done.
+                let e = d.remove(&id("base")).unwrap_err();
+                assert!(
+                    matches!(e.kind(), ErrorKind::HasChildren | ErrorKind::Busy),
+                    "{e}"
+                );
+                d.remove(&kid).unwrap();
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(d.list().unwrap().len(), 1);
+    assert_eq!(
+        fs::read_dir(root.path().join("vfs/tmp")).unwrap().count(),
+        0
+    );
+    d.remove(&id("base")).unwrap();
+    assert!(d.list().unwrap().is_empty());
+}
