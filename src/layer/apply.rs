@@ -28,6 +28,7 @@ use super::WhiteoutFormat;
 use super::compress;
 use super::error::{IoCtx, LayerError};
 use super::fsmeta::{At, Timestamp, is_dir_mode};
+use super::guard::{self, HeaderGuard, Seen, SharedSeen};
 use super::safepath::{self, Beneath, Refusal};
 use super::whiteout::{self, Marker, OVERLAY_OPAQUE_XATTR, OVERLAY_XATTR_PREFIX};
 
@@ -95,7 +96,8 @@ pub fn apply_tar_with(
         .ctx(|| format!("reading free space of {}", root.display()))?;
     let free = (vfs.blocks_available() as u64).saturating_mul(vfs.fragment_size() as u64);
     let (_, reader) = compress::decompress(tar)?;
-    let mut archive = tar::Archive::new(super::guard::HeaderGuard::new(reader));
+    let seen = SharedSeen::default();
+    let mut archive = tar::Archive::new(HeaderGuard::with_seen(reader, seen.clone()));
     let mut applier = Applier {
         root: &beneath,
         format,
@@ -116,15 +118,20 @@ pub fn apply_tar_with(
             after: last.clone(),
             source: e,
         })?;
-        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        applier.entry(&mut entry, &name).map_err(|e| match e {
-            // An I/O error while reading entry data is a truncated stream.
-            LayerError::Io { source, .. } if is_stream_error(&source) => LayerError::Truncated {
-                entry: name.clone(),
-                source,
-            },
-            other => other,
-        })?;
+        let member = Member::read(&mut entry, &seen.borrow())?;
+        let name = String::from_utf8_lossy(&member.name).into_owned();
+        applier
+            .entry(&mut entry, &member, &name)
+            .map_err(|e| match e {
+                // An I/O error while reading entry data is a truncated stream.
+                LayerError::Io { source, .. } if is_stream_error(&source) => {
+                    LayerError::Truncated {
+                        entry: name.clone(),
+                        source,
+                    }
+                }
+                other => other,
+            })?;
         last = Some(name);
     }
     applier.finish()
@@ -136,20 +143,69 @@ fn is_stream_error(e: &io::Error) -> bool {
             .is_some_and(|inner| inner.to_string().contains("stream"))
 }
 
+/// An entry's name, link target and PAX records, read by length from the
+/// raw PAX data the guard saw (the `tar` crate's own PAX reader splits at
+/// newlines); names from GNU long-name entries or the header otherwise.
+struct Member {
+    name: Vec<u8>,
+    link: Option<Vec<u8>>,
+    pax: Vec<guard::PaxRecord>,
+}
+
+impl Member {
+    fn read<R: Read>(entry: &mut tar::Entry<'_, R>, seen: &Seen) -> Result<Member, LayerError> {
+        let shown_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let shown = || shown_name.clone();
+        let pax = if seen.lost {
+            match entry.pax_extensions() {
+                Ok(Some(exts)) => exts
+                    .map(|e| e.map(|e| (e.key_bytes().to_vec(), e.value_bytes().to_vec())))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        LayerError::bad_entry(&shown(), format!("unreadable PAX header: {e}"))
+                    })?,
+                Ok(None) => Vec::new(),
+                Err(e) => {
+                    return Err(LayerError::bad_entry(
+                        &shown(),
+                        format!("unreadable PAX header: {e}"),
+                    ));
+                }
+            }
+        } else {
+            match &seen.pax {
+                Some(data) => guard::parse_records(data).map_err(|e| {
+                    LayerError::bad_entry(&shown(), format!("unreadable PAX header: {e}"))
+                })?,
+                None => Vec::new(),
+            }
+        };
+        let record = |key: &[u8]| {
+            pax.iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
+        let name = record(b"path").unwrap_or_else(|| entry.path_bytes().into_owned());
+        let link = record(b"linkpath").or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
+        Ok(Member { name, link, pax })
+    }
+}
+
 impl Applier<'_> {
     fn entry<R: Read>(
         &mut self,
         entry: &mut tar::Entry<'_, R>,
+        member: &Member,
         name: &str,
     ) -> Result<(), LayerError> {
-        let raw = entry.path_bytes().into_owned();
-        let comps =
-            safepath::components(&raw).map_err(|reason| LayerError::unsafe_entry(name, reason))?;
+        let comps = safepath::components(&member.name)
+            .map_err(|reason| LayerError::unsafe_entry(name, reason))?;
         let kind = entry.header().entry_type();
         if kind.is_pax_global_extensions() {
             return Ok(());
         }
-        let attrs = self.attrs(entry, name)?;
+        let attrs = self.attrs(entry, member, name)?;
         let Some((last, parent)) = comps.split_last() else {
             // The root itself: only a directory may describe it.
             if kind.is_dir() {
@@ -216,10 +272,10 @@ impl Applier<'_> {
                 self.applied = self.applied.saturating_add(size);
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .ok_or_else(|| LayerError::bad_entry(name, "symlink without a target"))?
-                    .into_owned();
+                let target = member
+                    .link
+                    .clone()
+                    .ok_or_else(|| LayerError::bad_entry(name, "symlink without a target"))?;
                 if target.contains(&0) || target.is_empty() {
                     return Err(LayerError::bad_entry(
                         name,
@@ -231,7 +287,7 @@ impl Applier<'_> {
                 is_link = true;
             }
             tar::EntryType::Link => {
-                self.hardlink(entry, name, dir.as_fd(), last)?;
+                self.hardlink(member, name, dir.as_fd(), last)?;
                 self.unpacked.insert(comps.clone());
                 // A hardlink shares its target's inode and metadata.
                 return Ok(());
@@ -417,17 +473,17 @@ impl Applier<'_> {
         })
     }
 
-    fn hardlink<R: Read>(
+    fn hardlink(
         &mut self,
-        entry: &tar::Entry<'_, R>,
+        member: &Member,
         name: &str,
         dir: BorrowedFd<'_>,
         last: &OsStr,
     ) -> Result<(), LayerError> {
-        let target = entry
-            .link_name_bytes()
-            .ok_or_else(|| LayerError::bad_entry(name, "hardlink without a target"))?
-            .into_owned();
+        let target = member
+            .link
+            .clone()
+            .ok_or_else(|| LayerError::bad_entry(name, "hardlink without a target"))?;
         let tcomps = safepath::components(&target).map_err(|reason| {
             LayerError::unsafe_entry(name, format!("hardlink target: {reason}"))
         })?;
@@ -467,7 +523,8 @@ impl Applier<'_> {
     /// Reads mode, owner, mtime and xattrs (PAX) of an entry.
     fn attrs<R: Read>(
         &self,
-        entry: &mut tar::Entry<'_, R>,
+        entry: &tar::Entry<'_, R>,
+        member: &Member,
         name: &str,
     ) -> Result<Attrs, LayerError> {
         let h = entry.header();
@@ -493,39 +550,35 @@ impl Applier<'_> {
             },
             xattrs: Vec::new(),
         };
-        if let Some(exts) = entry.pax_extensions().map_err(|e| bad("PAX header", e))? {
-            for ext in exts {
-                let ext = ext.map_err(|e| bad("PAX record", e))?;
-                let key = ext.key_bytes();
-                if key == b"mtime" {
-                    let value = ext
-                        .value()
-                        .map_err(|_| LayerError::bad_entry(name, "PAX mtime is not text"))?;
-                    attrs.mtime = Timestamp::parse_pax(value).ok_or_else(|| {
-                        LayerError::bad_entry(name, format!("bad PAX mtime {value:?}"))
-                    })?;
-                } else if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
-                    if x.starts_with(OVERLAY_XATTR_PREFIX.as_bytes()) {
-                        // overlay's own metadata (opaque, redirect, origin,
-                        // impure...) is never taken from a tar: it would let
-                        // a layer forge overlay lookups. Images built on
-                        // overlay hosts sometimes carry them, so they are
-                        // dropped, not refused (as umoci and stacker do).
-                        tracing::warn!(
-                            entry = name,
-                            xattr = %String::from_utf8_lossy(x),
-                            "dropping overlay's internal xattr from the layer tar"
-                        );
-                        continue;
-                    }
-                    if x.is_empty() || x.contains(&0) {
-                        return Err(LayerError::bad_entry(name, "malformed xattr name"));
-                    }
-                    attrs.xattrs.push((
-                        OsStr::from_bytes(x).to_os_string(),
-                        ext.value_bytes().to_vec(),
-                    ));
+        for (key, value) in &member.pax {
+            let key = key.as_slice();
+            if key == b"mtime" {
+                let value = std::str::from_utf8(value)
+                    .map_err(|_| LayerError::bad_entry(name, "PAX mtime is not text"))?;
+                attrs.mtime = Timestamp::parse_pax(value).ok_or_else(|| {
+                    LayerError::bad_entry(name, format!("bad PAX mtime {value:?}"))
+                })?;
+            } else if let Some(x) = key.strip_prefix(b"SCHILY.xattr.") {
+                if x.starts_with(OVERLAY_XATTR_PREFIX.as_bytes()) {
+                    // overlay's own metadata (opaque, redirect, origin,
+                    // impure...) is never taken from a tar: it would let a
+                    // layer forge overlay lookups. Images built on overlay
+                    // hosts sometimes carry them, so they are dropped, not
+                    // refused (as umoci and stacker do).
+                    tracing::warn!(
+                        entry = name,
+                        xattr = %String::from_utf8_lossy(x),
+                        "dropping overlay's internal xattr from the layer tar"
+                    );
+                    continue;
                 }
+                if x.is_empty() || x.contains(&0) {
+                    return Err(LayerError::bad_entry(name, "malformed xattr name"));
+                }
+                let x = OsStr::from_bytes(x).to_os_string();
+                // A later record for the same xattr overrides an earlier one.
+                attrs.xattrs.retain(|(k, _)| *k != x);
+                attrs.xattrs.push((x, value.clone()));
             }
         }
         if !self.privileges.keep_owner {

@@ -10,12 +10,27 @@
 //! unparsable size, the end-of-archive block) it stops checking and leaves
 //! the verdict to the parser.
 
+use std::cell::RefCell;
 use std::io::{self, Read};
+use std::rc::Rc;
 
 /// Largest GNU long name/link or PAX header entry accepted.
 pub const MAX_META_ENTRY: u64 = 1 << 20;
 
 const BLOCK: u64 = 512;
+
+/// What the guard saw for the entry the parser returned last: its PAX
+/// header data, raw. The `tar` crate splits PAX records at newlines, which
+/// breaks binary values (xattrs such as `security.capability`) and names
+/// containing a newline; [`parse_records`] reads them by their lengths.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub pax: Option<Vec<u8>>,
+    /// The guard lost track of the stream; `pax` is not reliable.
+    pub lost: bool,
+}
+
+pub type SharedSeen = Rc<RefCell<Seen>>;
 
 pub struct HeaderGuard<R> {
     inner: R,
@@ -32,10 +47,18 @@ pub struct HeaderGuard<R> {
     done: bool,
     /// Set when the guard stopped because it could not follow the stream.
     lost: bool,
+    /// A complete PAX header waiting for its entry.
+    pending_pax: Option<Vec<u8>>,
+    seen: SharedSeen,
 }
 
 impl<R: Read> HeaderGuard<R> {
     pub fn new(inner: R) -> Self {
+        Self::with_seen(inner, SharedSeen::default())
+    }
+
+    /// A guard that reports each entry's raw PAX data into `seen`.
+    pub fn with_seen(inner: R, seen: SharedSeen) -> Self {
         HeaderGuard {
             inner,
             skip: 0,
@@ -46,6 +69,8 @@ impl<R: Read> HeaderGuard<R> {
             pax_size: None,
             done: false,
             lost: false,
+            pending_pax: None,
+            seen,
         }
     }
 
@@ -63,7 +88,7 @@ impl<R: Read> HeaderGuard<R> {
                 if self.skip == 0
                     && let Some((buf, _)) = self.pax.take()
                 {
-                    self.pax_size = pax_size(&buf);
+                    self.pax_done(buf);
                 }
                 continue;
             }
@@ -77,6 +102,17 @@ impl<R: Read> HeaderGuard<R> {
             }
         }
         Ok(())
+    }
+
+    fn pax_done(&mut self, buf: Vec<u8>) {
+        self.pax_size = pax_size(&buf);
+        self.pending_pax = Some(buf);
+    }
+
+    fn lose_track(&mut self) {
+        self.done = true;
+        self.lost = true;
+        self.seen.borrow_mut().lost = true;
     }
 
     fn header(&mut self, block: &[u8]) -> io::Result<()> {
@@ -100,13 +136,11 @@ impl<R: Read> HeaderGuard<R> {
             + 8 * 32;
         let h = tar::Header::from_byte_slice(block);
         if h.cksum().ok() != Some(sum) {
-            self.done = true;
-            self.lost = true;
+            self.lose_track();
             return Ok(());
         }
         let Ok(mut size) = h.entry_size() else {
-            self.done = true;
-            self.lost = true;
+            self.lose_track();
             return Ok(());
         };
         let kind = block[156];
@@ -124,8 +158,11 @@ impl<R: Read> HeaderGuard<R> {
                 ),
             ));
         }
-        if !is_meta && let Some(s) = self.pax_size.take() {
-            size = s;
+        if !is_meta {
+            if let Some(s) = self.pax_size.take() {
+                size = s;
+            }
+            self.seen.borrow_mut().pax = self.pending_pax.take();
         }
         if kind == b'x' {
             self.pax = Some((Vec::with_capacity(size as usize), size));
@@ -139,7 +176,7 @@ impl<R: Read> HeaderGuard<R> {
             if padded == 0
                 && let Some((buf, _)) = self.pax.take()
             {
-                self.pax_size = pax_size(&buf);
+                self.pax_done(buf);
             }
         }
         Ok(())
@@ -148,10 +185,42 @@ impl<R: Read> HeaderGuard<R> {
 
 /// The `size` record of a PAX header's data, if any.
 fn pax_size(data: &[u8]) -> Option<u64> {
-    tar::PaxExtensions::new(data)
-        .filter_map(|e| e.ok())
-        .find(|e| e.key_bytes() == b"size")
-        .and_then(|e| e.value().ok()?.parse().ok())
+    parse_records(data)
+        .ok()?
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == b"size")
+        .and_then(|(_, v)| std::str::from_utf8(&v).ok()?.parse().ok())
+}
+
+/// One PAX record: key and raw value.
+pub type PaxRecord = (Vec<u8>, Vec<u8>);
+
+/// A PAX header's records, `"<len> <key>=<value>\n"` each, read by length
+/// so values may hold any byte. Later records override earlier ones.
+pub fn parse_records(mut data: &[u8]) -> Result<Vec<PaxRecord>, String> {
+    let mut out = Vec::new();
+    while !data.is_empty() && data.iter().any(|b| *b != 0) {
+        let space = data
+            .iter()
+            .position(|b| *b == b' ')
+            .ok_or("a PAX record has no length")?;
+        let len: usize = std::str::from_utf8(&data[..space])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or("a PAX record length is not a number")?;
+        if len <= space + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return Err(format!("a PAX record claims {len} bytes"));
+        }
+        let record = &data[space + 1..len - 1];
+        let eq = record
+            .iter()
+            .position(|b| *b == b'=')
+            .ok_or("a PAX record has no `=`")?;
+        out.push((record[..eq].to_vec(), record[eq + 1..].to_vec()));
+        data = &data[len..];
+    }
+    Ok(out)
 }
 
 impl<R: Read> Read for HeaderGuard<R> {
@@ -177,6 +246,30 @@ mod tests {
         h.set_mtime(0);
         h.set_cksum();
         h.as_bytes().to_vec()
+    }
+
+    #[test]
+    fn pax_records_are_read_by_length() {
+        let value = b"bin\nary\0=";
+        let mut data = Vec::new();
+        let rec = |k: &str, v: &[u8]| {
+            let rest = k.len() + v.len() + 3;
+            let mut len = rest + 1;
+            while format!("{len}").len() + rest != len {
+                len += 1;
+            }
+            let mut r = format!("{len} {k}=").into_bytes();
+            r.extend_from_slice(v);
+            r.push(b'\n');
+            r
+        };
+        data.extend(rec("SCHILY.xattr.security.capability", value));
+        data.extend(rec("path", b"a\nb"));
+        let got = parse_records(&data).unwrap();
+        assert_eq!(got[0].1, value);
+        assert_eq!(got[1], (b"path".to_vec(), b"a\nb".to_vec()));
+        assert!(parse_records(b"99 x=y\n").is_err());
+        assert!(parse_records(b"abc").is_err());
     }
 
     #[test]

@@ -105,4 +105,6 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
+mod proptest;
+#[cfg(test)]
 mod tests;

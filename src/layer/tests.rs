@@ -380,3 +380,20 @@ fn reading_back_what_was_read() {
     }
     assert_eq!(found, "long name");
 }
+
+#[test]
+fn binary_xattrs_and_newline_names_survive() {
+    // PAX records are length-prefixed: values may contain newlines (binary
+    // xattrs such as security.capability often do), and so may names.
+    let src = tempfile::tempdir().unwrap();
+    let odd = src.path().join("line\nbreak");
+    fs::write(&odd, b"x").unwrap();
+    let value = b"\x01\n\x00=\n\xff";
+    xattr::set(&odd, "user.bin", value).unwrap();
+    let tar = diff(src.path(), None);
+    let dst = tempfile::tempdir().unwrap();
+    apply_tar(dst.path(), &mut tar.as_slice(), WhiteoutFormat::Apply).unwrap();
+    let got = dst.path().join("line\nbreak");
+    assert_eq!(xattr::get(&got, "user.bin").unwrap().as_deref(), Some(&value[..]));
+    assert_same_tree(dst.path(), src.path());
+}
