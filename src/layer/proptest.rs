@@ -176,34 +176,35 @@ fn check_seed(seed: u64) {
         "seed {seed}: parent + diff != child ({changes:?})"
     );
 
-    let upper = tempfile::tempdir().unwrap();
-    apply_tar(upper.path(), &mut tar.as_slice(), WhiteoutFormat::Overlay).unwrap();
-    let from_upper =
-        changes_in_layer_dir(upper.path(), WhiteoutFormat::Overlay, &[parent.path()]).unwrap();
-    assert_eq!(
-        from_upper, changes,
-        "seed {seed}: overlay upper dir reports other changes"
-    );
-    let mut exported = Vec::new();
-    write_layer_dir_tar(upper.path(), WhiteoutFormat::Overlay, &mut exported).unwrap();
-    let again = tempfile::tempdir().unwrap();
-    copy_tree(parent.path(), again.path()).unwrap();
-    apply_tar(
-        again.path(),
-        &mut exported.as_slice(),
-        WhiteoutFormat::Apply,
-    )
-    .unwrap();
-    assert_eq!(
-        describe(again.path()),
-        want,
-        "seed {seed}: parent + exported upper != child"
-    );
+    for format in [WhiteoutFormat::Overlay, WhiteoutFormat::Aufs] {
+        let upper = tempfile::tempdir().unwrap();
+        apply_tar(upper.path(), &mut tar.as_slice(), format).unwrap();
+        let from_upper = changes_in_layer_dir(upper.path(), format, &[parent.path()]).unwrap();
+        assert_eq!(
+            from_upper, changes,
+            "seed {seed}: {format:?} layer dir reports other changes"
+        );
+        let mut exported = Vec::new();
+        write_layer_dir_tar(upper.path(), format, &mut exported).unwrap();
+        let again = tempfile::tempdir().unwrap();
+        copy_tree(parent.path(), again.path()).unwrap();
+        apply_tar(
+            again.path(),
+            &mut exported.as_slice(),
+            WhiteoutFormat::Apply,
+        )
+        .unwrap();
+        assert_eq!(
+            describe(again.path()),
+            want,
+            "seed {seed}: parent + exported {format:?} dir != child"
+        );
+    }
 }
 
 #[test]
 fn diff_apply_reproduces_random_children() {
-    for seed in 1..=60 {
+    for seed in 1..=100 {
         check_seed(seed);
     }
 }

@@ -394,6 +394,9 @@ fn binary_xattrs_and_newline_names_survive() {
     let dst = tempfile::tempdir().unwrap();
     apply_tar(dst.path(), &mut tar.as_slice(), WhiteoutFormat::Apply).unwrap();
     let got = dst.path().join("line\nbreak");
-    assert_eq!(xattr::get(&got, "user.bin").unwrap().as_deref(), Some(&value[..]));
+    assert_eq!(
+        xattr::get(&got, "user.bin").unwrap().as_deref(),
+        Some(&value[..])
+    );
     assert_same_tree(dst.path(), src.path());
 }
