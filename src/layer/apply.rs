@@ -13,11 +13,9 @@
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use nix::errno::Errno;
@@ -30,11 +28,8 @@ use super::error::{IoCtx, LayerError};
 use super::fsmeta::{At, Timestamp, is_dir_mode};
 use super::guard::{self, HeaderGuard, Seen, SharedSeen};
 use super::safepath::{self, Beneath, Refusal};
+use super::sparse;
 use super::whiteout::{self, Marker, OVERLAY_OPAQUE_XATTR, OVERLAY_XATTR_PREFIX};
-
-/// Block size for hole detection: a zero-filled, aligned block of this size
-/// is skipped instead of written.
-const HOLE_BLOCK: usize = 4096;
 
 /// How an apply may touch ownership and special files.
 #[derive(Debug, Clone, Copy)]
@@ -118,6 +113,11 @@ pub fn apply_tar_with(
             after: last.clone(),
             source: e,
         })?;
+        if entry.header().entry_type().is_pax_global_extensions() {
+            // Global PAX defaults (GNU tar writes a comment here): nothing
+            // of a layer's contents.
+            continue;
+        }
         let member = Member::read(&mut entry, &seen.borrow())?;
         let name = String::from_utf8_lossy(&member.name).into_owned();
         applier
@@ -186,7 +186,11 @@ impl Member {
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.clone())
         };
-        let name = record(b"path").unwrap_or_else(|| entry.path_bytes().into_owned());
+        // A PAX sparse file's real name is GNU.sparse.name (its path is a
+        // GNUSparseFile.N placeholder).
+        let name = record(b"GNU.sparse.name")
+            .or_else(|| record(b"path"))
+            .unwrap_or_else(|| entry.path_bytes().into_owned());
         let link = record(b"linkpath").or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
         Ok(Member { name, link, pax })
     }
@@ -202,9 +206,6 @@ impl Applier<'_> {
         let comps = safepath::components(&member.name)
             .map_err(|reason| LayerError::unsafe_entry(name, reason))?;
         let kind = entry.header().entry_type();
-        if kind.is_pax_global_extensions() {
-            return Ok(());
-        }
         let attrs = self.attrs(entry, member, name)?;
         let Some((last, parent)) = comps.split_last() else {
             // The root itself: only a directory may describe it.
@@ -259,6 +260,11 @@ impl Applier<'_> {
                 }
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                // A PAX sparse entry's data is its map and regions; any
+                // other entry's data (old-GNU sparse holes included, which
+                // the parser streams as zeros) is the whole file.
+                let pax_sparse = sparse::PaxSparse::from_records(&member.pax)
+                    .map_err(|e| LayerError::bad_entry(name, e.to_string()))?;
                 let size = entry.size();
                 if size > self.free {
                     return Err(LayerError::TooLarge {
@@ -268,8 +274,15 @@ impl Applier<'_> {
                     });
                 }
                 let file = at.create_file().ctx(io_ctx)?;
-                write_sparse(entry, &file, size).ctx(|| format!("writing {name:?}"))?;
-                self.applied = self.applied.saturating_add(size);
+                let written = match &pax_sparse {
+                    Some(ps) => ps.write(entry, size, &file).map(|_| ps.real_size()),
+                    None => sparse::write_dense(entry, &file, size).map(|_| size),
+                };
+                let written = written.map_err(|e| match e.kind() {
+                    io::ErrorKind::InvalidData => LayerError::bad_entry(name, e.to_string()),
+                    _ => LayerError::io(format!("writing {name:?}"), e),
+                })?;
+                self.applied = self.applied.saturating_add(written);
             }
             tar::EntryType::Symlink => {
                 let target = member
@@ -683,47 +696,4 @@ fn missing_target(name: &str, target: &[u8]) -> LayerError {
             String::from_utf8_lossy(target)
         ),
     )
-}
-
-/// Copies `size` bytes from `src` into `file`, leaving aligned zero blocks
-/// as holes, then sets the length (trailing holes included).
-fn write_sparse(src: &mut dyn Read, file: &File, size: u64) -> io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut offset = 0u64;
-    let mut src = src.take(size);
-    loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = match src.read(&mut buf[filled..]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        if filled == 0 {
-            break;
-        }
-        for (i, block) in buf[..filled].chunks(HOLE_BLOCK).enumerate() {
-            if block.iter().all(|b| *b == 0) {
-                continue;
-            }
-            file.write_all_at(block, offset + (i * HOLE_BLOCK) as u64)?;
-        }
-        offset += filled as u64;
-        if filled < buf.len() {
-            break;
-        }
-    }
-    if offset != size {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("the tar stream ended after {offset} of {size} bytes of this entry"),
-        ));
-    }
-    file.set_len(size)?;
-    Ok(())
 }

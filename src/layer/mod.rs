@@ -16,6 +16,7 @@ pub mod error;
 pub mod fsmeta;
 pub mod guard;
 pub mod safepath;
+pub mod sparse;
 pub mod whiteout;
 pub mod writer;
 
