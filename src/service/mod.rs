@@ -1,1 +1,13 @@
 //! `thinsnap serve`: the containerd proxy snapshotter.
+//!
+//! - [`model`]: the service's own types and errors (no protobuf);
+//! - [`records`]: snapshot records in redb, with intents for crash repair;
+//! - [`snapshots`]: containerd's Snapshotter semantics over any backend;
+//! - [`filter`]: containerd's filter syntax for `Walk`;
+//! - [`locks`]: per-key locks;
+
+pub mod filter;
+pub mod locks;
+pub mod model;
+pub mod records;
+pub mod snapshots;
