@@ -6,8 +6,15 @@
 //! - [`filter`]: containerd's filter syntax for `Walk`;
 //! - [`locks`]: per-key locks;
 
+pub mod client;
+pub mod config;
+pub mod convert;
 pub mod filter;
+pub mod grpc;
+pub mod instance;
 pub mod locks;
 pub mod model;
 pub mod records;
+pub mod server;
 pub mod snapshots;
+pub mod socket;
