@@ -18,3 +18,8 @@ pub mod records;
 pub mod server;
 pub mod snapshots;
 pub mod socket;
+
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod grpc_tests;

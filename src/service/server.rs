@@ -108,12 +108,7 @@ pub fn run(config: &ServeConfig) -> Result<(), ServeError> {
                 source,
             })?;
         let shutdown = shutdown_signal()?;
-        Server::builder()
-            .add_service(containerd_snapshots::server(Arc::new(GrpcFront::new(
-                svc.clone(),
-            ))))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-            .await?;
+        serve_listener(listener, svc.clone(), shutdown).await?;
         Ok::<(), ServeError>(())
     });
     // Blocking work already handed to the pool finishes before the runtime goes.
@@ -121,6 +116,20 @@ pub fn run(config: &ServeConfig) -> Result<(), ServeError> {
     socket::unlink(&config.socket);
     tracing::info!("stopped");
     served
+}
+
+/// Serves `svc` on `listener` until `shutdown` resolves, then stops
+/// accepting and waits for the requests in flight.
+pub async fn serve_listener(
+    listener: tokio::net::UnixListener,
+    svc: Arc<SnapshotService>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    Server::builder()
+        .add_service(containerd_snapshots::server(Arc::new(GrpcFront::new(svc))))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
 }
 
 /// Resolves on the first SIGTERM or SIGINT.
