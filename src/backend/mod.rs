@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use crate::snapshot::{Driver, Result, SnapshotError};
 
+pub mod vfs;
+
 /// Which store to open and how.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -33,6 +35,10 @@ pub const DRIVERS: &[&str] = &[
 pub fn open(config: &StoreConfig) -> Result<Box<dyn Driver>> {
     let name = config.driver.as_str();
     match name {
+        "vfs" => Ok(Box::new(vfs::VfsDriver::open(
+            &config.root,
+            &config.storage_opts,
+        )?)),
         other if DRIVERS.contains(&other) => Err(SnapshotError::unsupported(
             format!("the {other} backend"),
             "it is not built yet",
