@@ -5,12 +5,14 @@ mod container;
 mod doctor;
 pub mod image;
 mod layer;
+mod serve;
+mod snapshots;
 pub mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Default store root (Docker's is /var/lib/docker; pass it with --root to
 /// serve an existing Docker store).
@@ -70,14 +72,22 @@ pub enum Command {
     /// Container layers (Docker's `<id>-init` + `<id>`).
     #[command(subcommand)]
     Container(container::ContainerCommand),
+    /// Serve the store to containerd as a proxy snapshotter on a unix socket.
+    Serve(serve::ServeArgs),
+    /// Read or change a served store through the service's socket.
+    Snapshots(snapshots::SnapshotsArgs),
 }
 
 /// Runs the CLI and maps the outcome to an exit code; errors are printed
 /// as one line per cause.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_tracing(&cli.global.log);
-    match run(cli) {
+    match run(cli, &matches) {
         Ok(code) => code,
         Err(e) => {
             report_error(e.as_ref());
@@ -86,7 +96,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Doctor(args) => doctor::run(&cli.global, &args),
         Command::Import(args) => image::run(&cli.global, &args),
@@ -96,6 +106,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::Inspect(args) => layer::inspect(&cli.global, &args),
         Command::Rm(args) => layer::rm(&cli.global, &args),
         Command::Container(cmd) => container::run(&cli.global, &cmd),
+        Command::Serve(args) => serve::run(&cli.global, &args, matches),
+        Command::Snapshots(args) => snapshots::run(&cli.global, &args),
     }
 }
 
