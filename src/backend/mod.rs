@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use crate::snapshot::{Driver, Result, SnapshotError};
 
+pub mod overlay2;
+pub mod shared;
 pub mod vfs;
 
 /// Which store to open and how.
@@ -35,6 +37,10 @@ pub const DRIVERS: &[&str] = &[
 pub fn open(config: &StoreConfig) -> Result<Box<dyn Driver>> {
     let name = config.driver.as_str();
     match name {
+        "overlay2" => Ok(Box::new(overlay2::Overlay2Driver::open(
+            &config.root,
+            &config.storage_opts,
+        )?)),
         "vfs" => Ok(Box::new(vfs::VfsDriver::open(
             &config.root,
             &config.storage_opts,
