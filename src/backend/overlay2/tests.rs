@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::snapshot::ErrorKind;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 
 fn id(s: &str) -> LayerId {
     LayerId::new(s).unwrap()
