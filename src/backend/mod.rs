@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use crate::snapshot::{Driver, Result, SnapshotError};
 
+pub mod overlay;
 pub mod overlay2;
 pub mod shared;
 pub mod vfs;
@@ -37,6 +38,10 @@ pub const DRIVERS: &[&str] = &[
 pub fn open(config: &StoreConfig) -> Result<Box<dyn Driver>> {
     let name = config.driver.as_str();
     match name {
+        "overlay" => Ok(Box::new(overlay::OverlayDriver::open(
+            &config.root,
+            &config.storage_opts,
+        )?)),
         "overlay2" => Ok(Box::new(overlay2::Overlay2Driver::open(
             &config.root,
             &config.storage_opts,

@@ -26,12 +26,10 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use nix::mount::MsFlags;
-
 use super::shared::gate::Gate;
-use super::shared::mounts;
 use super::shared::sidecar::{Sidecar, remove_tree};
 use super::shared::{self, failpoint};
+use super::shared::{mounts, overlayfs};
 use crate::fsutil;
 use crate::layer::{self, WhiteoutFormat};
 use crate::snapshot::{
@@ -56,9 +54,6 @@ pub const FAILPOINTS: &[&str] = &[
     "overlay2.apply.after_sync",
 ];
 
-/// Backing filesystems overlay cannot use as upper (Docker's list).
-const INCOMPATIBLE: &[&str] = &["overlayfs", "aufs", "zfs", "ecryptfs"];
-
 /// The overlay2 store under `<root>/overlay2`.
 pub struct Overlay2Driver {
     home: PathBuf,
@@ -77,40 +72,9 @@ impl Overlay2Driver {
     /// accepted and ignored as in Docker 20.10.
     pub fn open(root: &Path, options: &[String]) -> Result<Overlay2Driver> {
         parse_options(options)?;
-        if !mounts::kernel_has_filesystem("overlay") {
-            return Err(SnapshotError::unsupported(
-                "the overlay2 backend",
-                "the running kernel has no overlay filesystem (it is not listed in /proc/filesystems; `modprobe overlay` may load it)",
-            ));
-        }
         let home = root.join(NAME);
         fsutil::ensure_dir(&home, 0o700).ctx("creating", &home)?;
-        let backing_fs = backing_fs(&home)?;
-        if INCOMPATIBLE.contains(&backing_fs.as_str()) {
-            return Err(SnapshotError::unsupported(
-                format!("overlay2 on {backing_fs}"),
-                format!(
-                    "{} is on {backing_fs}, which overlay cannot use as its upper filesystem; put the store root on xfs or ext4",
-                    home.display()
-                ),
-            ));
-        }
-        match crate::probe::supports_d_type(&home) {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(SnapshotError::unsupported(
-                    format!("overlay2 on {} ({backing_fs})", home.display()),
-                    "this filesystem does not report file types in directory entries (d_type); overlay needs them to recognise whiteouts, and without them deleted files reappear and layers break. Reformat with d_type support (xfs: `mkfs.xfs -n ftype=1`; ext4: the default `filetype` feature) or use another driver",
-                ));
-            }
-            Err(e) => {
-                return Err(SnapshotError::io_path(
-                    "checking d_type support in",
-                    &home,
-                    e,
-                ));
-            }
-        }
+        let backing_fs = overlayfs::check_root(&home, NAME)?;
         let links = home.join(LINK_DIR);
         fsutil::ensure_dir(&links, 0o700).ctx("creating", &links)?;
         let sidecar = Sidecar::open(&home)?;
@@ -309,53 +273,28 @@ impl Overlay2Driver {
     fn mount(&self, id: &LayerId, lowers: &[String], label: Option<&str>) -> Result<PathBuf> {
         let dir = self.layer_dir(id);
         let merged = dir.join(MERGED);
-        let absolute: Vec<String> = lowers
-            .iter()
-            .map(|l| self.home.join(LINK_DIR).join(l).display().to_string())
-            .collect();
-        let data = |lowerdir: String, upper: String, work: String| {
-            let mut opts = self.base_options.clone();
-            opts.push(format!("lowerdir={lowerdir}"));
-            opts.push(format!("upperdir={upper}"));
-            opts.push(format!("workdir={work}"));
-            mounts::with_mount_label(opts.join(","), label)
+        let absolute = overlayfs::Dirs {
+            lower: lowers
+                .iter()
+                .map(|l| self.home.join(LINK_DIR).join(l).display().to_string())
+                .collect(),
+            upper_work: Some((
+                dir.join(DIFF).display().to_string(),
+                dir.join(WORK).display().to_string(),
+            )),
         };
-        let abs = data(
-            absolute.join(":"),
-            dir.join(DIFF).display().to_string(),
-            dir.join(WORK).display().to_string(),
-        );
-        let result = if mounts::fits_one_page(&abs) {
-            mounts::mount_here("overlay", &merged, "overlay", MsFlags::empty(), &abs)
-        } else {
-            let rel = data(
-                format_lower(lowers),
-                format!("{id}/{DIFF}"),
-                format!("{id}/{WORK}"),
-            );
-            if !mounts::fits_one_page(&rel) {
-                return Err(SnapshotError::invalid(format!(
-                    "the overlay mount options of layer {id} are {} bytes even with short l/ names; the kernel accepts at most {}",
-                    rel.len(),
-                    mounts::page_size() - 1
-                )));
-            }
-            mounts::mount_from(
-                &self.home,
-                "overlay",
-                &merged,
-                "overlay",
-                MsFlags::empty(),
-                &rel,
-            )
+        let relative = overlayfs::Dirs {
+            lower: lowers.iter().map(|l| format!("{LINK_DIR}/{l}")).collect(),
+            upper_work: Some((format!("{id}/{DIFF}"), format!("{id}/{WORK}"))),
         };
-        result.map_err(|e| {
-            SnapshotError::io_path(
-                &format!("mounting the overlay of layer {id} on"),
-                &merged,
-                e,
-            )
-        })?;
+        overlayfs::mount(
+            &self.home,
+            &merged,
+            &self.base_options,
+            &absolute,
+            &relative,
+            label,
+        )?;
         Ok(merged)
     }
 }
@@ -381,13 +320,6 @@ fn parse_options(options: &[String]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Docker's name of the filesystem `dir` is on.
-pub(crate) fn backing_fs(dir: &Path) -> Result<String> {
-    let st = nix::sys::statfs::statfs(dir)
-        .map_err(|e| SnapshotError::io_path("reading the filesystem of", dir, e.into()))?;
-    Ok(crate::probe::fs_name(st.filesystem_type().0))
 }
 
 fn too_deep(id: &LayerId, lowers: usize) -> SnapshotError {
@@ -688,32 +620,27 @@ impl Driver for Overlay2Driver {
         if lowers.is_empty() {
             return Ok(vec![MountSpec::bind(&diff, readonly)]);
         }
-        let lower_paths: Vec<String> = lowers
+        let links: Vec<String> = lowers
             .iter()
             .map(|l| self.home.join(LINK_DIR).join(l).display().to_string())
             .collect();
-        let mut options = self.base_options.clone();
-        if readonly {
-            options.push("ro".into());
-            options.push(format!(
-                "lowerdir={}:{}",
-                diff.display(),
-                lower_paths.join(":")
-            ));
+        let dirs = if readonly {
+            overlayfs::Dirs {
+                lower: std::iter::once(diff.display().to_string())
+                    .chain(links)
+                    .collect(),
+                upper_work: None,
+            }
         } else {
-            options.push(format!("lowerdir={}", lower_paths.join(":")));
-            options.push(format!("upperdir={}", diff.display()));
-            options.push(format!(
-                "workdir={}",
-                self.layer_dir(id).join(WORK).display()
-            ));
-        }
-        Ok(vec![MountSpec {
-            kind: "overlay".into(),
-            source: "overlay".into(),
-            target: None,
-            options,
-        }])
+            overlayfs::Dirs {
+                lower: links,
+                upper_work: Some((
+                    diff.display().to_string(),
+                    self.layer_dir(id).join(WORK).display().to_string(),
+                )),
+            }
+        };
+        Ok(vec![overlayfs::spec(&self.base_options, &dirs, readonly)])
     }
 }
 

@@ -1,11 +1,13 @@
 //! Pieces the directory backends (overlay2, overlay, aufs, btrfs) share:
 //! [`gate`] (per-id holds, reference counts, parent pins), [`sidecar`]
 //! (thinsnap's records and temp dir beside a Docker layout), [`mounts`]
-//! (mountinfo, unmounting, mounting from a forked helper), and small
+//! (mountinfo, unmounting, mounting from a forked helper), [`overlayfs`]
+//! (overlay checks, options and mounts for overlay2 and overlay), and small
 //! file helpers that set exact modes whatever the umask.
 
 pub mod gate;
 pub mod mounts;
+pub mod overlayfs;
 pub mod sidecar;
 
 use std::fs::{self, File, OpenOptions};
