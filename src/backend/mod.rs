@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use crate::snapshot::{Driver, Result, SnapshotError};
 
+pub mod aufs;
 pub mod overlay;
 pub mod overlay2;
 pub mod shared;
@@ -38,6 +39,10 @@ pub const DRIVERS: &[&str] = &[
 pub fn open(config: &StoreConfig) -> Result<Box<dyn Driver>> {
     let name = config.driver.as_str();
     match name {
+        "aufs" => Ok(Box::new(aufs::AufsDriver::open(
+            &config.root,
+            &config.storage_opts,
+        )?)),
         "overlay" => Ok(Box::new(overlay::OverlayDriver::open(
             &config.root,
             &config.storage_opts,

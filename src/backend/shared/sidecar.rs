@@ -59,6 +59,17 @@ impl Sidecar {
             .join(format!("{what}-{id}-{}", uuid::Uuid::new_v4().simple()))
     }
 
+    /// The operation and layer a temp-dir entry made by [`Self::tmp_path`]
+    /// belongs to: `("remove", id)` for `remove-<id>-<32 hex>`.
+    pub fn parse_tmp_name(name: &str) -> Option<(&str, LayerId)> {
+        let (what, rest) = name.split_once('-')?;
+        let (id, uuid) = rest.rsplit_once('-')?;
+        if uuid.len() != 32 || !uuid.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some((what, LayerId::new(id).ok()?))
+    }
+
     fn record_path(&self, id: &LayerId) -> PathBuf {
         self.dir.join("layers").join(id.as_str())
     }
@@ -175,6 +186,20 @@ mod tests {
         assert!(s.record(&id("a")).unwrap().incomplete);
         assert!(!home.path().join(".thinsnap/layers/gone").exists());
         assert_eq!(fs::read_dir(s.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn temp_names_tell_operation_and_id() {
+        let home = tempfile::tempdir().unwrap();
+        let s = Sidecar::open(home.path()).unwrap();
+        let p = s.tmp_path("remove", &id("a-b-init"));
+        let name = p.file_name().unwrap().to_str().unwrap();
+        assert_eq!(
+            Sidecar::parse_tmp_name(name),
+            Some(("remove", id("a-b-init")))
+        );
+        assert_eq!(Sidecar::parse_tmp_name("remove-x-notauuid"), None);
+        assert_eq!(Sidecar::parse_tmp_name("junk"), None);
     }
 
     #[test]
