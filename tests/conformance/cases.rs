@@ -107,7 +107,7 @@ fn child_mount_refused(ctx: &Ctx, name: &str) -> bool {
         .find(|l| l.id == id(name))
         .unwrap();
     assert_eq!(info.mount_count, 0, "a refused get holds no reference");
-    assert!(super::mounts_below(&ctx.root).is_empty());
+    assert!(ctx.mounts_left().is_empty());
     true
 }
 
@@ -791,7 +791,7 @@ pub fn container_init_layer(ctx: &mut Ctx) {
             !d.exists(&c) && !d.exists(&id("ctr-init")),
             "a refused container create leaves nothing"
         );
-        assert!(super::mounts_below(&ctx.root).is_empty());
+        assert!(ctx.mounts_left().is_empty());
         return;
     }
     container::create_container(d, &c, Some(&id("image")), &CreateOpts::default()).unwrap();
@@ -934,7 +934,7 @@ pub fn cleanup_leaves_no_mounts(ctx: &mut Ctx) {
         });
         let _ = ctx.d().get(&id("x"), None).unwrap();
         ctx.d().cleanup().unwrap();
-        assert!(super::mounts_below(&ctx.root).is_empty());
+        assert!(ctx.mounts_left().is_empty());
         ctx.reopen();
         let d = ctx.d();
         assert!(d.exists(&id("x")) && d.exists(&id("y")), "the store stays");
@@ -951,7 +951,7 @@ pub fn cleanup_leaves_no_mounts(ctx: &mut Ctx) {
     let _ = ctx.d().get(&id("x"), None).unwrap();
     let _ = ctx.d().get(&id("y"), None).unwrap();
     ctx.d().cleanup().unwrap();
-    let left = super::mounts_below(&ctx.root);
+    let left = ctx.mounts_left();
     assert!(left.is_empty(), "cleanup left mounts: {left:?}");
     ctx.reopen();
     let d = ctx.d();

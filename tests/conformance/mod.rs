@@ -71,6 +71,8 @@ pub struct Ctx {
     pub root: PathBuf,
     pub caps: Caps,
     make: MakeDriver,
+    /// Mounts below the root before the driver opened (the setup's own).
+    baseline: Vec<String>,
     /// Dropped after `driver` (field order), also when the case panics.
     _env: Option<Box<dyn std::any::Any>>,
 }
@@ -89,6 +91,15 @@ impl Ctx {
     /// The backend under test.
     pub fn d(&self) -> &dyn Driver {
         self.driver.as_deref().expect("driver is open")
+    }
+
+    /// Mounts below the store root that the backend made (the setup's own
+    /// mount of the root is not counted).
+    pub fn mounts_left(&self) -> Vec<String> {
+        mounts_below(&self.root)
+            .into_iter()
+            .filter(|m| !self.baseline.contains(m))
+            .collect()
     }
 
     /// Cleans up, drops the driver and opens the same store again.
@@ -114,11 +125,13 @@ pub fn run_with(make: MakeDriver, caps: Caps, setup: Option<Setup>, case: fn(&mu
     let root = dir.path().join("store");
     std::fs::create_dir(&root).expect("store root");
     let env = setup.map(|s| s(&root));
+    let baseline = mounts_below(&root);
     let mut ctx = Ctx {
         driver: Some(make(&root)),
         root: root.clone(),
         caps,
         make,
+        baseline,
         _env: env,
     };
     case(&mut ctx);
