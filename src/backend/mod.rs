@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use crate::snapshot::{Driver, Result, SnapshotError};
 
 pub mod aufs;
+pub mod btrfs;
 pub mod overlay;
 pub mod overlay2;
 pub mod shared;
@@ -40,6 +41,10 @@ pub fn open(config: &StoreConfig) -> Result<Box<dyn Driver>> {
     let name = config.driver.as_str();
     match name {
         "aufs" => Ok(Box::new(aufs::AufsDriver::open(
+            &config.root,
+            &config.storage_opts,
+        )?)),
+        "btrfs" => Ok(Box::new(btrfs::BtrfsDriver::open(
             &config.root,
             &config.storage_opts,
         )?)),
