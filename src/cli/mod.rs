@@ -7,6 +7,7 @@ pub mod image;
 mod layer;
 mod serve;
 mod snapshots;
+mod status;
 pub mod store;
 
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Report what this host supports and which driver to use.
     Doctor(doctor::DoctorArgs),
+    /// Show the store's driver, why it was chosen, and the driver's status.
+    Status(status::StatusArgs),
     /// Import layer tars as a chain of layers (one per tar, bottom first) and print their ids.
     Import(image::ImportArgs),
     /// Write a layer's changes against its parent as an OCI layer tar to stdout.
@@ -99,6 +102,7 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Doctor(args) => doctor::run(&cli.global, &args),
+        Command::Status(args) => status::run(&cli.global, &args),
         Command::Import(args) => image::run(&cli.global, &args),
         Command::Diff(args) => layer::diff(&cli.global, &args),
         Command::Apply(args) => layer::apply(&cli.global, &args),

@@ -10,9 +10,6 @@ use nix::mount::MsFlags;
 use super::mounts;
 use crate::snapshot::{MountSpec, Result, SnapshotError};
 
-/// Backing filesystems overlay cannot use as upper (Docker's list).
-const INCOMPATIBLE: &[&str] = &["overlayfs", "aufs", "zfs", "ecryptfs"];
-
 /// Checks that `home` (existing) can hold an overlay store for `driver`:
 /// the kernel has overlay, the filesystem is one overlay stacks on, and it
 /// reports d_type. Returns the backing filesystem's name.
@@ -24,7 +21,7 @@ pub fn check_root(home: &Path, driver: &str) -> Result<String> {
         ));
     }
     let backing = backing_fs(home)?;
-    if INCOMPATIBLE.contains(&backing.as_str()) {
+    if crate::probe::OVERLAY_INCOMPATIBLE.contains(&backing.as_str()) {
         return Err(SnapshotError::unsupported(
             format!("{driver} on {backing}"),
             format!(
