@@ -32,15 +32,15 @@ use std::path::{Path, PathBuf};
 use nix::mount::MsFlags;
 
 use super::shared::gate::Gate;
+use super::shared::native::{self, UnionStore};
 use super::shared::sidecar::{Sidecar, remove_tree};
 use super::shared::{self, failpoint, mounts};
 use crate::fsutil;
-use crate::layer::{self, WhiteoutFormat};
+use crate::layer::WhiteoutFormat;
 use crate::snapshot::{
     Change, CreateOpts, Driver, IoContext, LayerId, LayerInfo, MountSpec, Result, SnapshotError,
-    Usage, naive,
+    Usage,
 };
-use crate::units::Bytes;
 
 const NAME: &str = "aufs";
 pub const DIFF: &str = "diff";
@@ -88,12 +88,7 @@ impl AufsDriver {
     /// the kernel (only mounting layers with parents needs it). aufs takes
     /// no options.
     pub fn open(root: &Path, options: &[String]) -> Result<AufsDriver> {
-        if let Some(opt) = options.first() {
-            let key = opt.split_once('=').map(|(k, _)| k).unwrap_or(opt);
-            return Err(SnapshotError::invalid(format!(
-                "unknown option {key:?} for the aufs driver (it takes no options)"
-            )));
-        }
+        shared::refuse_options(options, NAME)?;
         let home = root.join(NAME);
         for d in [
             home.clone(),
@@ -162,33 +157,20 @@ impl AufsDriver {
     }
 
     fn require_complete(&self, id: &LayerId) -> Result<()> {
-        if !self.exists(id) {
-            return Err(SnapshotError::not_found(id));
-        }
-        if self.sidecar.record(id)?.incomplete {
-            return Err(SnapshotError::Incomplete { id: id.to_string() });
-        }
-        Ok(())
+        shared::require_complete(self.exists(id), &self.sidecar, id)
     }
 
     fn ids(&self) -> Result<Vec<LayerId>> {
-        let dir = self.home.join(LAYERS);
-        let mut ids = Vec::new();
-        for entry in fs::read_dir(&dir).ctx("listing", &dir)? {
-            let entry = entry.ctx("listing", &dir)?;
-            if let Ok(id) = LayerId::new(&entry.file_name().to_string_lossy()) {
-                ids.push(id);
-            }
-        }
-        ids.sort();
-        Ok(ids)
+        shared::layer_ids(&self.home.join(LAYERS), |_, _| true)
     }
 
-    fn native_parent(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<bool> {
-        match parent {
-            None => Ok(true),
-            Some(p) => Ok(self.parent(id)?.as_ref() == Some(p)),
-        }
+    /// The ancestors' diff dirs, nearest first.
+    fn lower_dirs(&self, id: &LayerId) -> Result<Vec<PathBuf>> {
+        Ok(self
+            .ancestors(id)?
+            .iter()
+            .map(|a| self.diff_dir(a))
+            .collect())
     }
 
     /// Why a layer with parents cannot be mounted here.
@@ -291,10 +273,8 @@ impl Driver for AufsDriver {
         let _span =
             tracing::info_span!("aufs.create", id = %id, parent = ?parent.map(|p| p.as_str()))
                 .entered();
-        let _hold = self.gate.hold(id);
-        if self.exists(id) {
-            return Err(SnapshotError::already_exists(id));
-        }
+        let _guards =
+            shared::begin_create(&self.gate, &self.sidecar, id, parent, |i| self.exists(i))?;
         for kind in [DIFF, MNT] {
             let p = self.path(kind, id);
             if fs::symlink_metadata(&p).is_ok() {
@@ -306,10 +286,6 @@ impl Driver for AufsDriver {
                     ),
                 });
             }
-        }
-        let _pin = parent.map(|p| self.gate.pin(p));
-        if let Some(p) = parent {
-            self.require_complete(p)?;
         }
         let build = self.sidecar.tmp_path("create", id);
         let result = self.build(id, parent, &build);
@@ -324,23 +300,14 @@ impl Driver for AufsDriver {
 
     fn remove(&self, id: &LayerId) -> Result<()> {
         let _span = tracing::info_span!("aufs.remove", id = %id).entered();
-        let hold = self.gate.hold(id);
-        if !self.exists(id) {
-            return Err(SnapshotError::not_found(id));
-        }
-        shared::busy(id, hold.refs(), self.gate.pinned(id))?;
-        let children: Vec<String> = self
-            .ids()?
-            .into_iter()
-            .filter(|other| self.parent(other).ok().flatten().as_ref() == Some(id))
-            .map(|c| c.to_string())
-            .collect();
-        if !children.is_empty() {
-            return Err(SnapshotError::HasChildren {
-                id: id.to_string(),
-                children,
-            });
-        }
+        let hold = shared::begin_remove(&self.gate, id, self.exists(id), || {
+            Ok(self
+                .ids()?
+                .into_iter()
+                .filter(|other| self.parent(other).ok().flatten().as_ref() == Some(id))
+                .map(|c| c.to_string())
+                .collect())
+        })?;
         let mnt = self.path(MNT, id);
         if mounts::is_mount_point(&mnt) {
             mounts::unmount(&mnt, true).ctx("unmounting", &mnt)?;
@@ -445,48 +412,19 @@ impl Driver for AufsDriver {
     }
 
     fn list(&self) -> Result<Vec<LayerInfo>> {
-        let refs = self.gate.all_refs();
-        self.ids()?
-            .into_iter()
-            .map(|id| {
-                Ok(LayerInfo {
-                    parent: self.parent(&id)?,
-                    mount_count: refs.get(&id).copied().unwrap_or(0),
-                    incomplete: self.sidecar.record(&id)?.incomplete,
-                    id,
-                })
-            })
-            .collect()
+        shared::layer_infos(self.ids()?, |id| self.parent(id), &self.sidecar, &self.gate)
     }
 
     fn diff(&self, id: &LayerId, parent: Option<&LayerId>, out: &mut dyn Write) -> Result<u64> {
-        if !self.native_parent(id, parent)? {
-            return naive::diff(self, id, parent, out);
-        }
-        self.require_complete(id)?;
-        layer::write_layer_dir_tar(&self.diff_dir(id), WhiteoutFormat::Aufs, out)
+        native::diff(self, id, parent, out)
     }
 
     fn changes(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Vec<Change>> {
-        if !self.native_parent(id, parent)? {
-            return naive::changes(self, id, parent);
-        }
-        self.require_complete(id)?;
-        let lowers: Vec<PathBuf> = self
-            .ancestors(id)?
-            .iter()
-            .map(|a| self.diff_dir(a))
-            .collect();
-        let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
-        layer::changes_in_layer_dir(&self.diff_dir(id), WhiteoutFormat::Aufs, &lowers)
+        native::changes(self, id, parent)
     }
 
     fn diff_size(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<u64> {
-        if !self.native_parent(id, parent)? {
-            return naive::diff_size(self, id, parent);
-        }
-        let changes = self.changes(id, None)?;
-        layer::changes_size(&self.diff_dir(id), &changes)
+        native::diff_size(self, id, parent)
     }
 
     fn apply_diff(
@@ -495,45 +433,14 @@ impl Driver for AufsDriver {
         parent: Option<&LayerId>,
         tar: &mut dyn Read,
     ) -> Result<u64> {
-        let _span = tracing::info_span!("aufs.apply", id = %id).entered();
-        if let Some(p) = parent
-            && !self.native_parent(id, Some(p))?
-        {
-            return Err(SnapshotError::invalid(format!(
-                "layer {id} was created on {}, not on {p}",
-                self.parent(id)?
-                    .map(|r| r.to_string())
-                    .unwrap_or_else(|| "nothing".into())
-            )));
-        }
-        let hold = self.gate.hold(id);
-        self.require_complete(id)?;
-        if hold.refs() > 0 && !self.ancestors(id)?.is_empty() {
-            return Err(SnapshotError::Busy {
-                id: id.to_string(),
-                detail: "a tar cannot be applied below a mounted union; put the layer first".into(),
-            });
-        }
-        self.sidecar.mark_incomplete(id, true)?;
-        failpoint(NAME, "aufs.apply.after_mark")?;
-        let diff = self.diff_dir(id);
-        let applied = layer::apply_tar(&diff, tar, WhiteoutFormat::Aufs)?;
-        layer::sync_tree(&diff)?;
-        failpoint(NAME, "aufs.apply.after_sync")?;
-        self.sidecar.mark_incomplete(id, false)?;
-        Ok(applied)
+        native::apply_diff(self, id, parent, tar)
     }
 
     fn usage(&self, id: &LayerId) -> Result<Usage> {
         if !self.exists(id) {
             return Err(SnapshotError::not_found(id));
         }
-        let (bytes, inodes) = layer::copy::disk_usage(&self.diff_dir(id))
-            .map_err(|e| e.into_snapshot(format!("measuring layer {id}")))?;
-        Ok(Usage {
-            bytes: Bytes(bytes),
-            inodes,
-        })
+        shared::usage_of(&self.diff_dir(id), id)
     }
 
     fn set_incomplete(&self, id: &LayerId, incomplete: bool) -> Result<()> {
@@ -567,6 +474,32 @@ impl Driver for AufsDriver {
             target: None,
             options,
         }])
+    }
+}
+
+impl UnionStore for AufsDriver {
+    fn changes_dir(&self, id: &LayerId) -> PathBuf {
+        self.diff_dir(id)
+    }
+
+    fn format(&self) -> WhiteoutFormat {
+        WhiteoutFormat::Aufs
+    }
+
+    fn lower_dirs(&self, id: &LayerId) -> Result<Vec<PathBuf>> {
+        AufsDriver::lower_dirs(self, id)
+    }
+
+    fn sidecar(&self) -> &Sidecar {
+        &self.sidecar
+    }
+
+    fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    fn apply_failpoints(&self) -> [&'static str; 2] {
+        ["aufs.apply.after_mark", "aufs.apply.after_sync"]
     }
 }
 

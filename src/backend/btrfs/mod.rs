@@ -29,7 +29,6 @@ use crate::layer;
 use crate::snapshot::{
     CreateOpts, Driver, IoContext, LayerId, LayerInfo, MountSpec, Result, SnapshotError, Usage,
 };
-use crate::units::Bytes;
 
 const NAME: &str = "btrfs";
 pub const SUBVOLUMES: &str = "subvolumes";
@@ -95,19 +94,13 @@ impl BtrfsDriver {
     /// not on btrfs. btrfs takes no options here (`btrfs.min_space` needs
     /// quota groups, which thinsnap does not manage).
     pub fn open(root: &Path, options: &[String]) -> Result<BtrfsDriver> {
-        if let Some(opt) = options.first() {
-            let key = opt.split_once('=').map(|(k, _)| k).unwrap_or(opt);
-            return Err(if key == "btrfs.min_space" {
-                SnapshotError::unsupported(
-                    "btrfs.min_space",
-                    "per-layer size limits need btrfs quota groups, which thinsnap does not manage",
-                )
-            } else {
-                SnapshotError::invalid(format!(
-                    "unknown option {key:?} for the btrfs driver (it takes no options)"
-                ))
-            });
+        if options.iter().any(|o| o.starts_with("btrfs.min_space")) {
+            return Err(SnapshotError::unsupported(
+                "btrfs.min_space",
+                "per-layer size limits need btrfs quota groups, which thinsnap does not manage",
+            ));
         }
+        shared::refuse_options(options, NAME)?;
         let home = root.join(NAME);
         fsutil::ensure_dir(&home, 0o700).ctx("creating", &home)?;
         let fs_name = super::shared::overlayfs::backing_fs(&home)?;
@@ -146,24 +139,11 @@ impl BtrfsDriver {
     }
 
     fn require_complete(&self, id: &LayerId) -> Result<()> {
-        self.require(id)?;
-        if self.sidecar.record(id)?.incomplete {
-            return Err(SnapshotError::Incomplete { id: id.to_string() });
-        }
-        Ok(())
+        shared::require_complete(self.exists(id), &self.sidecar, id)
     }
 
     fn ids(&self) -> Result<Vec<LayerId>> {
-        let dir = self.home.join(SUBVOLUMES);
-        let mut ids = Vec::new();
-        for entry in fs::read_dir(&dir).ctx("listing", &dir)? {
-            let entry = entry.ctx("listing", &dir)?;
-            if let Ok(id) = LayerId::new(&entry.file_name().to_string_lossy()) {
-                ids.push(id);
-            }
-        }
-        ids.sort();
-        Ok(ids)
+        shared::layer_ids(&self.home.join(SUBVOLUMES), |_, _| true)
     }
 
     fn build(&self, id: &LayerId, parent: Option<&LayerId>, build: &Path) -> Result<()> {
@@ -219,14 +199,8 @@ impl Driver for BtrfsDriver {
         let _span =
             tracing::info_span!("btrfs.create", id = %id, parent = ?parent.map(|p| p.as_str()))
                 .entered();
-        let _hold = self.gate.hold(id);
-        if self.exists(id) {
-            return Err(SnapshotError::already_exists(id));
-        }
-        let _pin = parent.map(|p| self.gate.pin(p));
-        if let Some(p) = parent {
-            self.require_complete(p)?;
-        }
+        let _guards =
+            shared::begin_create(&self.gate, &self.sidecar, id, parent, |i| self.exists(i))?;
         let build = self.sidecar.tmp_path("create", id);
         let result = self.build(id, parent, &build);
         if result.is_err() {
@@ -242,21 +216,15 @@ impl Driver for BtrfsDriver {
 
     fn remove(&self, id: &LayerId) -> Result<()> {
         let _span = tracing::info_span!("btrfs.remove", id = %id).entered();
-        let hold = self.gate.hold(id);
-        self.require(id)?;
-        shared::busy(id, hold.refs(), self.gate.pinned(id))?;
-        let mut children = Vec::new();
-        for other in self.ids()? {
-            if self.sidecar.record(&other)?.parent.as_ref() == Some(id) {
-                children.push(other.to_string());
+        let hold = shared::begin_remove(&self.gate, id, self.exists(id), || {
+            let mut children = Vec::new();
+            for other in self.ids()? {
+                if self.sidecar.record(&other)?.parent.as_ref() == Some(id) {
+                    children.push(other.to_string());
+                }
             }
-        }
-        if !children.is_empty() {
-            return Err(SnapshotError::HasChildren {
-                id: id.to_string(),
-                children,
-            });
-        }
+            Ok(children)
+        })?;
         let sub = self.subvolume(id);
         let doomed = self.sidecar.tmp_path("remove", id);
         fs::rename(&sub, &doomed).ctx("moving away", &sub)?;
@@ -317,31 +285,14 @@ impl Driver for BtrfsDriver {
     }
 
     fn list(&self) -> Result<Vec<LayerInfo>> {
-        let refs = self.gate.all_refs();
-        self.ids()?
-            .into_iter()
-            .map(|id| {
-                let rec = self.sidecar.record(&id)?;
-                Ok(LayerInfo {
-                    parent: rec.parent,
-                    mount_count: refs.get(&id).copied().unwrap_or(0),
-                    incomplete: rec.incomplete,
-                    id,
-                })
-            })
-            .collect()
+        shared::layer_infos(self.ids()?, |id| self.parent(id), &self.sidecar, &self.gate)
     }
 
     /// Bytes and inodes in the subvolume; extents shared with the parent
     /// snapshot are counted too (exclusive usage needs quota groups).
     fn usage(&self, id: &LayerId) -> Result<Usage> {
         self.require(id)?;
-        let (bytes, inodes) = layer::copy::disk_usage(&self.subvolume(id))
-            .map_err(|e| e.into_snapshot(format!("measuring layer {id}")))?;
-        Ok(Usage {
-            bytes: Bytes(bytes),
-            inodes,
-        })
+        shared::usage_of(&self.subvolume(id), id)
     }
 
     fn set_incomplete(&self, id: &LayerId, incomplete: bool) -> Result<()> {

@@ -41,7 +41,6 @@ use crate::snapshot::{
     CreateOpts, Driver, IoContext, LayerId, LayerInfo, MountSpec, Result, SnapshotError, Usage,
     naive,
 };
-use crate::units::Bytes;
 
 const NAME: &str = "overlay";
 pub const ROOT: &str = "root";
@@ -82,12 +81,7 @@ impl OverlayDriver {
     /// overlay cannot use (no overlay in the kernel, no d_type, ...). The
     /// overlay driver takes no options.
     pub fn open(root: &Path, options: &[String]) -> Result<OverlayDriver> {
-        if let Some(opt) = options.first() {
-            let key = opt.split_once('=').map(|(k, _)| k).unwrap_or(opt);
-            return Err(SnapshotError::invalid(format!(
-                "unknown option {key:?} for the overlay driver (it takes no options)"
-            )));
-        }
+        shared::refuse_options(options, NAME)?;
         let home = root.join(NAME);
         fsutil::ensure_dir(&home, 0o700).ctx("creating", &home)?;
         let backing_fs = overlayfs::check_root(&home, NAME)?;
@@ -135,27 +129,12 @@ impl OverlayDriver {
         }
     }
 
-    fn require_complete(&self, id: &LayerId) -> Result<Record> {
-        self.require(id)?;
-        let rec = self.sidecar.record(id)?;
-        if rec.incomplete {
-            return Err(SnapshotError::Incomplete { id: id.to_string() });
-        }
-        Ok(rec)
+    fn require_complete(&self, id: &LayerId) -> Result<()> {
+        shared::require_complete(self.exists(id), &self.sidecar, id)
     }
 
     fn ids(&self) -> Result<Vec<LayerId>> {
-        let mut ids = Vec::new();
-        for entry in fs::read_dir(&self.home).ctx("listing", &self.home)? {
-            let entry = entry.ctx("listing", &self.home)?;
-            if let Ok(id) = LayerId::new(&entry.file_name().to_string_lossy())
-                && entry.path().is_dir()
-            {
-                ids.push(id);
-            }
-        }
-        ids.sort();
-        Ok(ids)
+        shared::layer_ids(&self.home, |e, _| e.path().is_dir())
     }
 
     fn children(&self, id: &LayerId) -> Result<Vec<String>> {
@@ -284,14 +263,8 @@ impl Driver for OverlayDriver {
         let _span =
             tracing::info_span!("overlay.create", id = %id, parent = ?parent.map(|p| p.as_str()))
                 .entered();
-        let _hold = self.gate.hold(id);
-        if self.exists(id) {
-            return Err(SnapshotError::already_exists(id));
-        }
-        let _pin = parent.map(|p| self.gate.pin(p));
-        if let Some(p) = parent {
-            self.require_complete(p)?;
-        }
+        let _guards =
+            shared::begin_create(&self.gate, &self.sidecar, id, parent, |i| self.exists(i))?;
         let build = self.sidecar.tmp_path("create", id);
         let result = self.build(id, parent, &build);
         if result.is_err() {
@@ -305,16 +278,7 @@ impl Driver for OverlayDriver {
 
     fn remove(&self, id: &LayerId) -> Result<()> {
         let _span = tracing::info_span!("overlay.remove", id = %id).entered();
-        let hold = self.gate.hold(id);
-        self.require(id)?;
-        shared::busy(id, hold.refs(), self.gate.pinned(id))?;
-        let children = self.children(id)?;
-        if !children.is_empty() {
-            return Err(SnapshotError::HasChildren {
-                id: id.to_string(),
-                children,
-            });
-        }
+        let hold = shared::begin_remove(&self.gate, id, self.exists(id), || self.children(id))?;
         let dir = self.layer_dir(id);
         let merged = dir.join(MERGED);
         if mounts::is_mount_point(&merged) {
@@ -431,18 +395,7 @@ impl Driver for OverlayDriver {
     }
 
     fn list(&self) -> Result<Vec<LayerInfo>> {
-        let refs = self.gate.all_refs();
-        self.ids()?
-            .into_iter()
-            .map(|id| {
-                Ok(LayerInfo {
-                    parent: self.parent(&id)?,
-                    mount_count: refs.get(&id).copied().unwrap_or(0),
-                    incomplete: self.sidecar.record(&id)?.incomplete,
-                    id,
-                })
-            })
-            .collect()
+        shared::layer_infos(self.ids()?, |id| self.parent(id), &self.sidecar, &self.gate)
     }
 
     fn apply_diff(
@@ -458,12 +411,7 @@ impl Driver for OverlayDriver {
             if let Some(p) = parent
                 && self.parent(id)?.as_ref() != Some(p)
             {
-                return Err(SnapshotError::invalid(format!(
-                    "layer {id} was created on {}, not on {p}",
-                    self.parent(id)?
-                        .map(|r| r.to_string())
-                        .unwrap_or_else(|| "nothing".into())
-                )));
+                return Err(shared::wrong_parent(id, self.parent(id)?, p));
             }
             if hold.refs() == 0
                 && let Some(applied) = self.apply_as_root(id, tar)?
@@ -481,12 +429,7 @@ impl Driver for OverlayDriver {
             Shape::Root => dir.join(ROOT),
             Shape::Upper { .. } => dir.join(UPPER),
         };
-        let (bytes, inodes) = layer::copy::disk_usage(&tree)
-            .map_err(|e| e.into_snapshot(format!("measuring layer {id}")))?;
-        Ok(Usage {
-            bytes: Bytes(bytes),
-            inodes,
-        })
+        shared::usage_of(&tree, id)
     }
 
     fn set_incomplete(&self, id: &LayerId, incomplete: bool) -> Result<()> {

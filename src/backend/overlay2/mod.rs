@@ -27,16 +27,16 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::shared::gate::Gate;
+use super::shared::native::{self, UnionStore};
 use super::shared::sidecar::{Sidecar, remove_tree};
 use super::shared::{self, failpoint};
 use super::shared::{mounts, overlayfs};
 use crate::fsutil;
-use crate::layer::{self, WhiteoutFormat};
+use crate::layer::WhiteoutFormat;
 use crate::snapshot::{
     Change, CreateOpts, Driver, IoContext, LayerId, LayerInfo, MountSpec, Result, SnapshotError,
-    Usage, naive,
+    Usage,
 };
-use crate::units::Bytes;
 use layout::{
     DIFF, LINK_DIR, LINK_FILE, LOWER_FILE, MAX_LOWERS, MERGED, WORK, format_lower, link_target,
     link_target_id, new_link_name, parse_lower, valid_link_name,
@@ -174,27 +174,14 @@ impl Overlay2Driver {
     }
 
     fn require_complete(&self, id: &LayerId) -> Result<()> {
-        self.require(id)?;
-        if self.sidecar.record(id)?.incomplete {
-            return Err(SnapshotError::Incomplete { id: id.to_string() });
-        }
-        Ok(())
+        shared::require_complete(self.exists(id), &self.sidecar, id)
     }
 
     /// Every layer directory, sorted.
     fn ids(&self) -> Result<Vec<LayerId>> {
-        let mut ids = Vec::new();
-        for entry in fs::read_dir(&self.home).ctx("listing", &self.home)? {
-            let entry = entry.ctx("listing", &self.home)?;
-            if let Ok(id) = LayerId::new(&entry.file_name().to_string_lossy())
-                && id.as_str() != LINK_DIR
-                && entry.path().is_dir()
-            {
-                ids.push(id);
-            }
-        }
-        ids.sort();
-        Ok(ids)
+        shared::layer_ids(&self.home, |e, id| {
+            id.as_str() != LINK_DIR && e.path().is_dir()
+        })
     }
 
     fn children(&self, id: &LayerId) -> Result<Vec<String>> {
@@ -206,14 +193,6 @@ impl Overlay2Driver {
             }
         }
         Ok(kids)
-    }
-
-    /// Whether `parent` (None: the recorded one) allows the native diff.
-    fn native_parent(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<bool> {
-        match parent {
-            None => Ok(true),
-            Some(p) => Ok(self.parent(id)?.as_ref() == Some(p)),
-        }
     }
 
     fn build(&self, id: &LayerId, parent: Option<&LayerId>, build: &Path) -> Result<String> {
@@ -347,14 +326,8 @@ impl Driver for Overlay2Driver {
         let _span =
             tracing::info_span!("overlay2.create", id = %id, parent = ?parent.map(|p| p.as_str()))
                 .entered();
-        let _hold = self.gate.hold(id);
-        if self.exists(id) {
-            return Err(SnapshotError::already_exists(id));
-        }
-        let _pin = parent.map(|p| self.gate.pin(p));
-        if let Some(p) = parent {
-            self.require_complete(p)?;
-        }
+        let _guards =
+            shared::begin_create(&self.gate, &self.sidecar, id, parent, |i| self.exists(i))?;
         let build = self.sidecar.tmp_path("create", id);
         let result = self.build(id, parent, &build);
         if result.is_err() {
@@ -365,16 +338,7 @@ impl Driver for Overlay2Driver {
 
     fn remove(&self, id: &LayerId) -> Result<()> {
         let _span = tracing::info_span!("overlay2.remove", id = %id).entered();
-        let hold = self.gate.hold(id);
-        self.require(id)?;
-        shared::busy(id, hold.refs(), self.gate.pinned(id))?;
-        let children = self.children(id)?;
-        if !children.is_empty() {
-            return Err(SnapshotError::HasChildren {
-                id: id.to_string(),
-                children,
-            });
-        }
+        let hold = shared::begin_remove(&self.gate, id, self.exists(id), || self.children(id))?;
         let dir = self.layer_dir(id);
         let merged = dir.join(MERGED);
         if mounts::is_mount_point(&merged) {
@@ -518,45 +482,19 @@ impl Driver for Overlay2Driver {
     }
 
     fn list(&self) -> Result<Vec<LayerInfo>> {
-        let refs = self.gate.all_refs();
-        self.ids()?
-            .into_iter()
-            .filter(|id| self.exists(id))
-            .map(|id| {
-                Ok(LayerInfo {
-                    parent: self.parent(&id)?,
-                    mount_count: refs.get(&id).copied().unwrap_or(0),
-                    incomplete: self.sidecar.record(&id)?.incomplete,
-                    id,
-                })
-            })
-            .collect()
+        shared::layer_infos(self.ids()?, |id| self.parent(id), &self.sidecar, &self.gate)
     }
 
     fn diff(&self, id: &LayerId, parent: Option<&LayerId>, out: &mut dyn Write) -> Result<u64> {
-        if !self.native_parent(id, parent)? {
-            return naive::diff(self, id, parent, out);
-        }
-        self.require_complete(id)?;
-        layer::write_layer_dir_tar(&self.diff_dir(id), WhiteoutFormat::Overlay, out)
+        native::diff(self, id, parent, out)
     }
 
     fn changes(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<Vec<Change>> {
-        if !self.native_parent(id, parent)? {
-            return naive::changes(self, id, parent);
-        }
-        self.require_complete(id)?;
-        let lowers = self.lower_dirs(id)?;
-        let lowers: Vec<&Path> = lowers.iter().map(PathBuf::as_path).collect();
-        layer::changes_in_layer_dir(&self.diff_dir(id), WhiteoutFormat::Overlay, &lowers)
+        native::changes(self, id, parent)
     }
 
     fn diff_size(&self, id: &LayerId, parent: Option<&LayerId>) -> Result<u64> {
-        if !self.native_parent(id, parent)? {
-            return naive::diff_size(self, id, parent);
-        }
-        let changes = self.changes(id, None)?;
-        layer::changes_size(&self.diff_dir(id), &changes)
+        native::diff_size(self, id, parent)
     }
 
     fn apply_diff(
@@ -565,44 +503,12 @@ impl Driver for Overlay2Driver {
         parent: Option<&LayerId>,
         tar: &mut dyn Read,
     ) -> Result<u64> {
-        let _span = tracing::info_span!("overlay2.apply", id = %id).entered();
-        if let Some(p) = parent
-            && !self.native_parent(id, Some(p))?
-        {
-            return Err(SnapshotError::invalid(format!(
-                "layer {id} was created on {}, not on {p}",
-                self.parent(id)?
-                    .map(|r| r.to_string())
-                    .unwrap_or_else(|| "nothing".into())
-            )));
-        }
-        let hold = self.gate.hold(id);
-        self.require_complete(id)?;
-        if hold.refs() > 0 {
-            return Err(SnapshotError::Busy {
-                id: id.to_string(),
-                detail: "a tar cannot be applied below a mounted overlay; put the layer first"
-                    .into(),
-            });
-        }
-        self.sidecar.mark_incomplete(id, true)?;
-        failpoint(NAME, "overlay2.apply.after_mark")?;
-        let diff = self.diff_dir(id);
-        let applied = layer::apply_tar(&diff, tar, WhiteoutFormat::Overlay)?;
-        layer::sync_tree(&diff)?;
-        failpoint(NAME, "overlay2.apply.after_sync")?;
-        self.sidecar.mark_incomplete(id, false)?;
-        Ok(applied)
+        native::apply_diff(self, id, parent, tar)
     }
 
     fn usage(&self, id: &LayerId) -> Result<Usage> {
         self.require(id)?;
-        let (bytes, inodes) = layer::copy::disk_usage(&self.diff_dir(id))
-            .map_err(|e| e.into_snapshot(format!("measuring layer {id}")))?;
-        Ok(Usage {
-            bytes: Bytes(bytes),
-            inodes,
-        })
+        shared::usage_of(&self.diff_dir(id), id)
     }
 
     fn set_incomplete(&self, id: &LayerId, incomplete: bool) -> Result<()> {
@@ -641,6 +547,32 @@ impl Driver for Overlay2Driver {
             }
         };
         Ok(vec![overlayfs::spec(&self.base_options, &dirs, readonly)])
+    }
+}
+
+impl UnionStore for Overlay2Driver {
+    fn changes_dir(&self, id: &LayerId) -> PathBuf {
+        self.diff_dir(id)
+    }
+
+    fn format(&self) -> WhiteoutFormat {
+        WhiteoutFormat::Overlay
+    }
+
+    fn lower_dirs(&self, id: &LayerId) -> Result<Vec<PathBuf>> {
+        Overlay2Driver::lower_dirs(self, id)
+    }
+
+    fn sidecar(&self) -> &Sidecar {
+        &self.sidecar
+    }
+
+    fn gate(&self) -> &Gate {
+        &self.gate
+    }
+
+    fn apply_failpoints(&self) -> [&'static str; 2] {
+        ["overlay2.apply.after_mark", "overlay2.apply.after_sync"]
     }
 }
 

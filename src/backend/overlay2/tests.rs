@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::snapshot::ErrorKind;
+use crate::units::Bytes;
 use std::os::unix::fs::PermissionsExt;
 
 fn id(s: &str) -> LayerId {

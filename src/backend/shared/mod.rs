@@ -7,6 +7,7 @@
 
 pub mod gate;
 pub mod mounts;
+pub mod native;
 pub mod overlayfs;
 pub mod sidecar;
 
@@ -93,4 +94,132 @@ pub fn busy(id: &LayerId, refs: u32, pinned: bool) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Refuses backend options for a driver that takes none, naming the key.
+pub fn refuse_options(options: &[String], backend: &str) -> Result<()> {
+    match options.first() {
+        Some(opt) => {
+            let key = opt.split_once('=').map(|(k, _)| k).unwrap_or(opt);
+            Err(SnapshotError::invalid(format!(
+                "unknown option {key:?} for the {backend} driver (it takes no options)"
+            )))
+        }
+        None => Ok(()),
+    }
+}
+
+/// The layer ids named by entries of `dir` (sorted), skipping names that
+/// are not valid ids and entries `keep` rejects.
+pub fn layer_ids(
+    dir: &Path,
+    keep: impl Fn(&fs::DirEntry, &LayerId) -> bool,
+) -> Result<Vec<LayerId>> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(dir).ctx("listing", dir)? {
+        let entry = entry.ctx("listing", dir)?;
+        if let Ok(id) = LayerId::new(&entry.file_name().to_string_lossy())
+            && keep(&entry, &id)
+        {
+            ids.push(id);
+        }
+    }
+    ids.sort();
+    Ok(ids)
+}
+
+/// `NotFound` unless the layer exists, `Incomplete` if its record says so.
+pub fn require_complete(exists: bool, sidecar: &sidecar::Sidecar, id: &LayerId) -> Result<()> {
+    if !exists {
+        return Err(SnapshotError::not_found(id));
+    }
+    if sidecar.record(id)?.incomplete {
+        return Err(SnapshotError::Incomplete { id: id.to_string() });
+    }
+    Ok(())
+}
+
+/// Space used by the tree at `dir`, the layer's own data.
+pub fn usage_of(dir: &Path, id: &LayerId) -> Result<crate::snapshot::Usage> {
+    let (bytes, inodes) = crate::layer::copy::disk_usage(dir)
+        .map_err(|e| e.into_snapshot(format!("measuring layer {id}")))?;
+    Ok(crate::snapshot::Usage {
+        bytes: crate::units::Bytes(bytes),
+        inodes,
+    })
+}
+
+/// `apply_diff` given a parent that is not the layer's own.
+pub fn wrong_parent(id: &LayerId, recorded: Option<LayerId>, given: &LayerId) -> SnapshotError {
+    SnapshotError::invalid(format!(
+        "layer {id} was created on {}, not on {given}",
+        recorded
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| "nothing".into())
+    ))
+}
+
+/// `list()` of a directory backend: every id with its parent, reference
+/// count and incomplete mark.
+pub fn layer_infos(
+    ids: Vec<LayerId>,
+    parent: impl Fn(&LayerId) -> Result<Option<LayerId>>,
+    sidecar: &sidecar::Sidecar,
+    gate: &gate::Gate,
+) -> Result<Vec<crate::snapshot::LayerInfo>> {
+    let refs = gate.all_refs();
+    ids.into_iter()
+        .map(|id| {
+            Ok(crate::snapshot::LayerInfo {
+                parent: parent(&id)?,
+                mount_count: refs.get(&id).copied().unwrap_or(0),
+                incomplete: sidecar.record(&id)?.incomplete,
+                id,
+            })
+        })
+        .collect()
+}
+
+/// The start of every create: holds `id`, refuses an existing one, pins
+/// the parent (so it cannot be removed meanwhile) and refuses a missing or
+/// incomplete parent. Keep the returned guards for the whole create.
+pub fn begin_create<'g>(
+    gate: &'g gate::Gate,
+    sidecar: &sidecar::Sidecar,
+    id: &LayerId,
+    parent: Option<&LayerId>,
+    exists: impl Fn(&LayerId) -> bool,
+) -> Result<(gate::Hold<'g>, Option<gate::Pin<'g>>)> {
+    let hold = gate.hold(id);
+    if exists(id) {
+        return Err(SnapshotError::already_exists(id));
+    }
+    let pin = parent.map(|p| gate.pin(p));
+    if let Some(p) = parent {
+        require_complete(exists(p), sidecar, p)?;
+    }
+    Ok((hold, pin))
+}
+
+/// The start of every remove: holds `id` and refuses a missing layer, one
+/// in use (`Busy`) or one with children (`HasChildren`, listing them).
+pub fn begin_remove<'g>(
+    gate: &'g gate::Gate,
+    id: &LayerId,
+    exists: bool,
+    children: impl FnOnce() -> Result<Vec<String>>,
+) -> Result<gate::Hold<'g>> {
+    let hold = gate.hold(id);
+    if !exists {
+        return Err(SnapshotError::not_found(id));
+    }
+    busy(id, hold.refs(), gate.pinned(id))?;
+    let children = children()?;
+    if !children.is_empty() {
+        return Err(SnapshotError::HasChildren {
+            id: id.to_string(),
+            children,
+        });
+    }
+    Ok(hold)
 }
