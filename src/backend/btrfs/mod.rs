@@ -131,11 +131,7 @@ impl BtrfsDriver {
     }
 
     fn require(&self, id: &LayerId) -> Result<()> {
-        if self.exists(id) {
-            Ok(())
-        } else {
-            Err(SnapshotError::not_found(id))
-        }
+        shared::require(self.exists(id), id)
     }
 
     fn require_complete(&self, id: &LayerId) -> Result<()> {

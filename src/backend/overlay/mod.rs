@@ -122,11 +122,7 @@ impl OverlayDriver {
     }
 
     fn require(&self, id: &LayerId) -> Result<()> {
-        if self.exists(id) {
-            Ok(())
-        } else {
-            Err(SnapshotError::not_found(id))
-        }
+        shared::require(self.exists(id), id)
     }
 
     fn require_complete(&self, id: &LayerId) -> Result<()> {

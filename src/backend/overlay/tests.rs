@@ -10,17 +10,7 @@ fn id(s: &str) -> LayerId {
     LayerId::new(s).unwrap()
 }
 
-fn tar_with(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        b.append_data(&mut h, name, *data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
+use crate::backend::shared::test_tar as tar_with;
 
 fn entries(p: &Path) -> Vec<String> {
     let mut v: Vec<_> = fs::read_dir(p)

@@ -40,8 +40,8 @@ impl Gate {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits until nobody holds `id`, then holds it.
-    pub fn hold(&self, id: &LayerId) -> Hold<'_> {
+    /// The state, once nobody holds `id`.
+    fn when_free(&self, id: &LayerId) -> MutexGuard<'_, State> {
         let mut st = self.state();
         while st.held.contains(id) {
             st = self
@@ -49,6 +49,12 @@ impl Gate {
                 .wait(st)
                 .unwrap_or_else(PoisonError::into_inner);
         }
+        st
+    }
+
+    /// Waits until nobody holds `id`, then holds it.
+    pub fn hold(&self, id: &LayerId) -> Hold<'_> {
+        let mut st = self.when_free(id);
         st.held.insert(id.clone());
         Hold {
             gate: self,
@@ -58,13 +64,7 @@ impl Gate {
 
     /// Waits until nobody holds `id` (a remove in progress), then pins it.
     pub fn pin(&self, id: &LayerId) -> Pin<'_> {
-        let mut st = self.state();
-        while st.held.contains(id) {
-            st = self
-                .released
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        let mut st = self.when_free(id);
         *st.pins.entry(id.clone()).or_default() += 1;
         Pin {
             gate: self,

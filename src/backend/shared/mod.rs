@@ -128,6 +128,15 @@ pub fn layer_ids(
     Ok(ids)
 }
 
+/// `NotFound` unless the layer exists.
+pub fn require(exists: bool, id: &LayerId) -> Result<()> {
+    if exists {
+        Ok(())
+    } else {
+        Err(SnapshotError::not_found(id))
+    }
+}
+
 /// `NotFound` unless the layer exists, `Incomplete` if its record says so.
 pub fn require_complete(exists: bool, sidecar: &sidecar::Sidecar, id: &LayerId) -> Result<()> {
     if !exists {
@@ -222,4 +231,18 @@ pub fn begin_remove<'g>(
         });
     }
     Ok(hold)
+}
+
+/// A plain tar of regular files, for the backends' unit tests.
+#[cfg(test)]
+pub fn test_tar(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, name, *data).expect("in-memory tar");
+    }
+    b.into_inner().expect("in-memory tar")
 }
