@@ -38,6 +38,18 @@ fn layout_and_flattened_chains() {
         ["lower-id", "merged", "upper", "work"]
     );
     assert_eq!(fs::read_to_string(home.join("c1/lower-id")).unwrap(), "img");
+    let mode = |p: &str| fs::symlink_metadata(home.join(p)).unwrap().mode() & 0o7777;
+    for (path, want) in [
+        ("img", 0o700),
+        ("img/root", 0o755),
+        ("c1", 0o700),
+        ("c1/upper", 0o755),
+        ("c1/work", 0o700),
+        ("c1/merged", 0o700),
+        ("c1/lower-id", 0o644),
+    ] {
+        assert_eq!(mode(path), want, "{path}");
+    }
     // c2 copies c1's upper and keeps the same single lower.
     assert_eq!(fs::read_to_string(home.join("c2/lower-id")).unwrap(), "img");
     assert_eq!(fs::read(home.join("c2/upper/changed")).unwrap(), b"c1");
