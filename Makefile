@@ -8,7 +8,8 @@ THINSNAP   := target/debug/thinsnap
 # Debian packages the build, the tests and the VM need.
 DEB_PACKAGES := libdevmapper-dev libclang-dev pkg-config qemu-system-x86 \
 	busybox-static xfsprogs e2fsprogs btrfs-progs thin-provisioning-tools \
-	lvm2 dmsetup kmod cpio util-linux protobuf-compiler
+	lvm2 dmsetup kmod cpio util-linux protobuf-compiler \
+	containerd runc
 
 .PHONY: all setup packages build lint fmt clippy test test-unit test-host \
 	test-vm demo bench fuzz clean

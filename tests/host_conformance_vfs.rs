@@ -21,6 +21,7 @@ const VFS: Caps = Caps {
     rename_lower_dir_exdev: false,
     parent_removal: ParentRemoval::HasChildren,
     needs_root: true,
+    child_mount_refused: None,
 };
 
 conformance_suite!(vfs, make_vfs, VFS);

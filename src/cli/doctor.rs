@@ -4,7 +4,10 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use serde::Serialize;
+
 use super::GlobalArgs;
+use crate::backend::{self, Choice};
 use crate::probe::HostReport;
 
 #[derive(Debug, Args)]
@@ -14,12 +17,28 @@ pub struct DoctorArgs {
     pub json: bool,
 }
 
+/// The report plus the driver this store would be opened with.
+#[derive(Serialize)]
+struct WithChoice<'a> {
+    #[serde(flatten)]
+    report: &'a HostReport,
+    choice: Option<Choice>,
+    choice_error: Option<String>,
+}
+
 pub fn run(global: &GlobalArgs, args: &DoctorArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let report = HostReport::probe(&global.root);
+    let choice = backend::choose_from(&global.driver, &report);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        let out = WithChoice {
+            report: &report,
+            choice: choice.as_ref().ok().cloned(),
+            choice_error: choice.as_ref().err().map(|e| e.to_string()),
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         print!("{}", render(&report));
+        print!("{}", render_choice(&choice));
     }
     Ok(if report.recommendation.driver.is_some() {
         ExitCode::SUCCESS
@@ -63,7 +82,14 @@ pub fn render(r: &HostReport) -> String {
     }
     let f = &r.filesystems;
     line("overlay:", yes_no(f.overlay).into());
-    line("aufs:", yes_no(f.aufs).into());
+    line(
+        "aufs:",
+        if f.aufs {
+            "yes".into()
+        } else {
+            "no (aufs stores open, but layers with parents cannot be mounted)".into()
+        },
+    );
     line("btrfs:", yes_no(f.btrfs).into());
     line(
         "xfs / ext4:",
@@ -107,4 +133,49 @@ pub fn render(r: &HostReport) -> String {
     );
     line("Reason:", r.recommendation.reason.clone());
     out
+}
+
+/// What `--driver` (default `auto`) resolves to for this store, with the
+/// same warnings `status` prints.
+pub fn render_choice(choice: &crate::snapshot::Result<Choice>) -> String {
+    match choice {
+        Ok(c) => {
+            let mut out = format!(
+                "{:<28} {} ({})\n",
+                "Driver for this store:", c.driver, c.reason
+            );
+            for w in c.warnings() {
+                out.push_str(&format!("{:<28} {w}\n", "WARNING:"));
+            }
+            out
+        }
+        Err(e) => format!("{:<28} NONE ({e})\n", "Driver for this store:"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choice_lines() {
+        let c = Choice {
+            driver: "vfs".into(),
+            reason: "chosen with --driver".into(),
+            hidden: vec!["overlay2".into()],
+        };
+        let text = render_choice(&Ok(c));
+        assert!(
+            text.starts_with(&format!(
+                "{:<28} vfs (chosen with --driver)\n",
+                "Driver for this store:"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains("WARNING:")
+                && text.contains("layers stored by overlay2 are not visible to vfs"),
+            "{text}"
+        );
+    }
 }

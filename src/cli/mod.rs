@@ -5,12 +5,15 @@ mod container;
 mod doctor;
 pub mod image;
 mod layer;
+mod serve;
+mod snapshots;
+mod status;
 pub mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Default store root (Docker's is /var/lib/docker; pass it with --root to
 /// serve an existing Docker store).
@@ -55,6 +58,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Report what this host supports and which driver to use.
     Doctor(doctor::DoctorArgs),
+    /// Show the store's driver, why it was chosen, and the driver's status.
+    Status(status::StatusArgs),
     /// Import layer tars as a chain of layers (one per tar, bottom first) and print their ids.
     Import(image::ImportArgs),
     /// Write a layer's changes against its parent as an OCI layer tar to stdout.
@@ -70,14 +75,22 @@ pub enum Command {
     /// Container layers (Docker's `<id>-init` + `<id>`).
     #[command(subcommand)]
     Container(container::ContainerCommand),
+    /// Serve the store to containerd as a proxy snapshotter on a unix socket.
+    Serve(serve::ServeArgs),
+    /// Read or change a served store through the service's socket.
+    Snapshots(snapshots::SnapshotsArgs),
 }
 
 /// Runs the CLI and maps the outcome to an exit code; errors are printed
 /// as one line per cause.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     init_tracing(&cli.global.log);
-    match run(cli) {
+    match run(cli, &matches) {
         Ok(code) => code,
         Err(e) => {
             report_error(e.as_ref());
@@ -86,9 +99,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Doctor(args) => doctor::run(&cli.global, &args),
+        Command::Status(args) => status::run(&cli.global, &args),
         Command::Import(args) => image::run(&cli.global, &args),
         Command::Diff(args) => layer::diff(&cli.global, &args),
         Command::Apply(args) => layer::apply(&cli.global, &args),
@@ -96,6 +110,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::Inspect(args) => layer::inspect(&cli.global, &args),
         Command::Rm(args) => layer::rm(&cli.global, &args),
         Command::Container(cmd) => container::run(&cli.global, &cmd),
+        Command::Serve(args) => serve::run(&cli.global, &args, matches),
+        Command::Snapshots(args) => snapshots::run(&cli.global, &args),
     }
 }
 

@@ -23,10 +23,31 @@ use super::fsmeta::{self, At, FileKind, Meta};
 /// Copies the contents and attributes of directory `src` into the existing,
 /// empty directory `dst`. Symlinks are copied, never followed.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), LayerError> {
+    tree(src, dst, Files::Copy)
+}
+
+/// Recreates the directories of `src` (with their attributes) in the
+/// existing, empty directory `dst` and hardlinks every other entry, as
+/// Docker's overlay driver builds an image layer on its parent's root:
+/// the files share inodes with `src`, so the result must only be changed
+/// by replacing entries (the tar applier unlinks before writing), never by
+/// writing into them.
+pub fn link_tree(src: &Path, dst: &Path) -> Result<(), LayerError> {
+    tree(src, dst, Files::Hardlink)
+}
+
+/// What happens to non-directories.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Files {
+    Copy,
+    Hardlink,
+}
+
+fn tree(src: &Path, dst: &Path, files: Files) -> Result<(), LayerError> {
     let root_meta = fsmeta::read(src).ctx(|| format!("inspecting {}", src.display()))?;
     let mut links = HashMap::new();
     let dst_fd = open_dir(dst)?;
-    copy_dir(src, dst, &dst_fd, &mut links)?;
+    copy_dir(src, dst, &dst_fd, &mut links, files)?;
     let parent = dst.parent().unwrap_or(Path::new("/"));
     let parent_fd = open_dir(parent)?;
     let name = dst.file_name().unwrap_or(OsStr::new("."));
@@ -54,6 +75,7 @@ fn copy_dir(
     dst: &Path,
     dst_fd: &OwnedFd,
     links: &mut HashMap<(u64, u64), PathBuf>,
+    files: Files,
 ) -> Result<(), LayerError> {
     let mut entries: Vec<_> = fs::read_dir(src)
         .ctx(|| format!("listing {}", src.display()))?
@@ -71,6 +93,17 @@ fn copy_dir(
             name: &name,
         };
         let create = || format!("creating {}", d.display());
+        if files == Files::Hardlink && m.kind != FileKind::Dir {
+            nix::unistd::linkat(
+                nix::fcntl::AT_FDCWD,
+                s.as_path(),
+                dst_fd.as_fd(),
+                name.as_os_str(),
+                AtFlags::empty(),
+            )
+            .ctx(|| format!("linking {} to {}", d.display(), s.display()))?;
+            continue;
+        }
         match m.kind {
             FileKind::Dir => {
                 nix::sys::stat::mkdirat(
@@ -80,7 +113,7 @@ fn copy_dir(
                 )
                 .ctx(create)?;
                 let sub = open_dir(&d)?;
-                copy_dir(&s, &d, &sub, links)?;
+                copy_dir(&s, &d, &sub, links, files)?;
             }
             FileKind::Regular => {
                 if m.nlink > 1 {
@@ -264,6 +297,38 @@ mod tests {
     use super::*;
     use std::io::{Seek, SeekFrom, Write};
     use std::os::unix::fs::{PermissionsExt, symlink};
+
+    #[test]
+    fn link_tree_shares_files_and_recreates_dirs() {
+        let src = tempfile::tempdir().unwrap();
+        let s = src.path();
+        fs::create_dir(s.join("d")).unwrap();
+        fs::set_permissions(s.join("d"), fs::Permissions::from_mode(0o750)).unwrap();
+        fs::write(s.join("d/f"), b"shared").unwrap();
+        symlink("f", s.join("d/link")).unwrap();
+        nix::unistd::mkfifo(&s.join("fifo"), Mode::from_bits_truncate(0o640)).unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let d = dst.path().join("linked");
+        fs::create_dir(&d).unwrap();
+        link_tree(s, &d).unwrap();
+        assert!(
+            crate::layer::changes_between(&d, Some(s))
+                .unwrap()
+                .is_empty()
+        );
+        let ino = |p: &Path| fs::symlink_metadata(p).unwrap().ino();
+        assert_eq!(ino(&s.join("d/f")), ino(&d.join("d/f")));
+        assert_eq!(ino(&s.join("d/link")), ino(&d.join("d/link")));
+        assert_eq!(ino(&s.join("fifo")), ino(&d.join("fifo")));
+        assert_ne!(ino(&s.join("d")), ino(&d.join("d")), "directories are new");
+        assert_eq!(
+            fs::symlink_metadata(d.join("d")).unwrap().mode() & 0o7777,
+            0o750
+        );
+        // Removing in the link tree leaves the source alone.
+        fs::remove_file(d.join("d/f")).unwrap();
+        assert_eq!(fs::read(s.join("d/f")).unwrap(), b"shared");
+    }
 
     #[test]
     fn copies_everything_and_keeps_holes() {

@@ -105,6 +105,13 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
         .map_err(|e| e.into_snapshot(format!("copying {} to {}", src.display(), dst.display())))
 }
 
+/// Recreates the directories of `src` in the existing empty `dst` and
+/// hardlinks everything else (see [`copy::link_tree`]).
+pub fn link_tree(src: &Path, dst: &Path) -> Result<()> {
+    copy::link_tree(src, dst)
+        .map_err(|e| e.into_snapshot(format!("linking {} into {}", src.display(), dst.display())))
+}
+
 #[cfg(test)]
 mod proptest;
 #[cfg(test)]

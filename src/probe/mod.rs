@@ -100,29 +100,40 @@ impl HostReport {
     pub fn overlay_usable(&self) -> bool {
         self.filesystems.overlay
             && self.root.d_type == Some(true)
-            && !matches!(self.root.backing_filesystem.as_str(), "overlayfs" | "aufs")
+            && !OVERLAY_INCOMPATIBLE.contains(&self.root.backing_filesystem.as_str())
     }
 }
 
+/// Backing filesystems overlay cannot use as its upper (Docker's list).
+pub const OVERLAY_INCOMPATIBLE: &[&str] = &["overlayfs", "aufs", "zfs", "ecryptfs"];
+
 /// Docker's preference: an existing store first, then overlay2, then
 /// devicemapper where dm-thin exists (CentOS/RHEL without overlay2), btrfs
-/// on a btrfs root, vfs last.
+/// on a btrfs root, vfs last. Stores of several drivers under one root are
+/// not resolved by guessing (as Docker refuses them too): layers stored by
+/// one driver are not visible to another, so the admin must pick.
 pub fn recommend(report: &HostReport) -> Recommendation {
-    if let Some(existing) = report.existing_stores.first() {
-        let mut reason = format!(
-            "a {existing} store already exists under {}",
-            report.root.path.display()
-        );
-        if report.existing_stores.len() > 1 {
-            reason.push_str(&format!(
-                " (also found: {}; layers stored by one driver are not visible to another)",
-                report.existing_stores[1..].join(", ")
-            ));
+    match report.existing_stores.as_slice() {
+        [] => {}
+        [existing] => {
+            return Recommendation {
+                driver: Some(existing.clone()),
+                reason: format!(
+                    "a {existing} store with layers already exists under {}; another driver would not see its layers",
+                    report.root.path.display()
+                ),
+            };
         }
-        return Recommendation {
-            driver: Some(existing.clone()),
-            reason,
-        };
+        several => {
+            return Recommendation {
+                driver: None,
+                reason: format!(
+                    "{} holds layers of several drivers ({}); layers stored by one driver are not visible to another, so choose one with --driver",
+                    report.root.path.display(),
+                    several.join(", ")
+                ),
+            };
+        }
     }
     if report.overlay_usable() {
         return Recommendation {
@@ -332,7 +343,10 @@ fn udev_running() -> bool {
     Path::new("/run/udev/control").exists()
 }
 
-/// Backends with data under `root`, in the chooser's priority order.
+/// Backends with layers under `root`, in the chooser's priority order.
+/// A backend's directory counts when it holds a layer (an entry named like
+/// a layer id; overlay2's `l/` link directory and thinsnap's dot-dirs are
+/// not layers), so a store that was only opened does not count.
 pub fn existing_stores(root: &Path) -> Vec<String> {
     const MARKERS: &[(&str, &str)] = &[
         ("overlay2", "overlay2"),
@@ -344,14 +358,20 @@ pub fn existing_stores(root: &Path) -> Vec<String> {
     ];
     MARKERS
         .iter()
-        .filter(|(_, marker)| dir_has_entries(&root.join(marker)))
+        .filter(|(name, marker)| has_layer_entries(&root.join(marker), *name == "overlay2"))
         .map(|(name, _)| name.to_string())
         .collect()
 }
 
-fn dir_has_entries(path: &Path) -> bool {
+fn has_layer_entries(path: &Path, skip_link_dir: bool) -> bool {
     fs::read_dir(path)
-        .map(|mut it| it.next().is_some())
+        .map(|it| {
+            it.flatten().any(|e| {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                crate::snapshot::LayerId::new(&name).is_ok() && !(skip_link_dir && name == "l")
+            })
+        })
         .unwrap_or(false)
 }
 
@@ -413,12 +433,30 @@ mod tests {
     }
 
     #[test]
-    fn existing_store_wins_and_warns_about_others() {
+    fn existing_store_wins_and_several_are_not_guessed() {
         let mut r = report(true, Some(true), None, "xfs");
-        r.existing_stores = vec!["devicemapper".into(), "overlay2".into()];
+        r.existing_stores = vec!["devicemapper".into()];
         let rec = recommend(&r);
         assert_eq!(rec.driver.as_deref(), Some("devicemapper"));
+        assert!(rec.reason.contains("already exists"), "{}", rec.reason);
+        r.existing_stores = vec!["devicemapper".into(), "overlay2".into()];
+        let rec = recommend(&r);
+        assert_eq!(rec.driver, None);
         assert!(rec.reason.contains("not visible"), "{}", rec.reason);
+        assert!(
+            rec.reason.contains("devicemapper, overlay2"),
+            "{}",
+            rec.reason
+        );
+        assert!(rec.reason.contains("--driver"), "{}", rec.reason);
+    }
+
+    #[test]
+    fn overlay_is_not_recommended_on_incompatible_filesystems() {
+        let r = report(true, Some(true), Some("no dm"), "overlayfs");
+        let rec = recommend(&r);
+        assert_eq!(rec.driver.as_deref(), Some("vfs"));
+        assert!(rec.reason.contains("overlayfs"), "{}", rec.reason);
     }
 
     #[test]
@@ -442,5 +480,11 @@ mod tests {
         fs::create_dir_all(dir.path().join("devicemapper/metadata")).unwrap();
         fs::write(dir.path().join("devicemapper/metadata/base"), b"{}").unwrap();
         assert_eq!(existing_stores(dir.path()), ["devicemapper"]);
+        // An opened but empty overlay2 store (l/ and .thinsnap/) has no layers.
+        fs::create_dir_all(dir.path().join("overlay2/l")).unwrap();
+        fs::create_dir_all(dir.path().join("overlay2/.thinsnap/tmp")).unwrap();
+        assert_eq!(existing_stores(dir.path()), ["devicemapper"]);
+        fs::create_dir_all(dir.path().join("overlay2/abc/diff")).unwrap();
+        assert_eq!(existing_stores(dir.path()), ["overlay2", "devicemapper"]);
     }
 }

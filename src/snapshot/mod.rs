@@ -10,6 +10,7 @@
 pub mod container;
 pub mod error;
 pub mod id;
+pub mod mountspec;
 pub mod naive;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use std::path::PathBuf;
 
 pub use error::{ErrorKind, IoContext, Result, SnapshotError};
 pub use id::{INIT_SUFFIX, LayerId};
+pub use mountspec::MountSpec;
 
 use crate::units::Bytes;
 
@@ -176,4 +178,19 @@ pub trait Driver: Send + Sync {
     /// a bad tar leaves a layer that is refused as a parent and by `get`
     /// until it is removed.
     fn set_incomplete(&self, id: &LayerId, incomplete: bool) -> Result<()>;
+
+    /// Describes how someone else (containerd) mounts the layer, instead of
+    /// mounting it: overlay2 an overlay of its diff chain, vfs a bind mount,
+    /// devicemapper the thin device (activated here, so its node exists)
+    /// with its filesystem type. `readonly` (a containerd View) must make
+    /// the mount refuse writes (EROFS), not merely discourage them. The
+    /// layer stays prepared until `remove` or `cleanup`. An incomplete
+    /// layer is refused.
+    fn mounts(&self, id: &LayerId, readonly: bool) -> Result<Vec<MountSpec>> {
+        let _ = (id, readonly);
+        Err(SnapshotError::unsupported(
+            format!("describing mounts with the {} backend", self.name()),
+            "it can only mount layers itself",
+        ))
+    }
 }

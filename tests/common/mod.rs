@@ -74,3 +74,60 @@ pub fn run_tool(program: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// A filesystem made by a test on a sparse file and mounted with `-o loop`
+/// (autoclear: the loop device goes away with the mount). Dropping it,
+/// also during a panic, unmounts everything below the mount point, then
+/// the filesystem itself.
+pub struct LoopFs {
+    pub mountpoint: std::path::PathBuf,
+    _image_dir: tempfile::TempDir,
+}
+
+impl LoopFs {
+    /// `mkfs` (program and arguments, the image path is appended) on a
+    /// sparse file of `size_mib`, mounted on the existing empty directory
+    /// `mountpoint`.
+    pub fn new(mkfs: &[&str], size_mib: u64, mountpoint: &Path) -> LoopFs {
+        let image_dir = tempfile::tempdir().expect("temp dir for the image");
+        let image = image_dir.path().join("fs.img");
+        let f = std::fs::File::create(&image).expect("image file");
+        f.set_len(size_mib << 20).expect("sparse image");
+        drop(f);
+        let image_s = image.to_str().expect("utf-8 temp path");
+        let mut args: Vec<&str> = mkfs[1..].to_vec();
+        args.push(image_s);
+        run_tool(mkfs[0], &args);
+        run_tool(
+            "mount",
+            &[
+                "-o",
+                "loop",
+                image_s,
+                mountpoint.to_str().expect("utf-8 path"),
+            ],
+        );
+        LoopFs {
+            mountpoint: mountpoint.to_path_buf(),
+            _image_dir: image_dir,
+        }
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut below: Vec<std::path::PathBuf> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(|m| std::path::PathBuf::from(m.replace("\\040", " ")))
+            .filter(|m| m.starts_with(&self.mountpoint))
+            .collect();
+        below.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for m in below {
+            if nix::mount::umount2(&m, nix::mount::MntFlags::empty()).is_err() {
+                let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}

@@ -14,7 +14,12 @@
 //!
 //! Every case gets a fresh store root; after it, the runner calls
 //! `cleanup()` and fails if any mount is left below the root. A backend that
-//! needs teardown (a dm pool, loop devices) does it in its driver's `Drop`.
+//! needs teardown (a dm pool, loop devices) does it in its driver's `Drop`,
+//! or passes a setup function (`conformance_suite!(name, make, caps, setup
+//! = f)`) whose returned guard lives for the whole case (a btrfs loop
+//! filesystem mounted on the root) and is dropped after the driver. If a
+//! case panics, the driver is still cleaned up (`cleanup()` in `Drop`) and
+//! the guard dropped, so no mount outlives the test.
 #![allow(dead_code)]
 
 pub mod cases;
@@ -41,6 +46,11 @@ pub struct Caps {
     pub parent_removal: ParentRemoval,
     /// The backend needs root (mounts, mknod, chown); the runner insists.
     pub needs_root: bool,
+    /// `Some(word)`: `get` of a layer that has a parent is refused with
+    /// `Unsupported`, the message naming `word` (aufs on a kernel without
+    /// aufs). Cases that need such a mount assert that refusal and check
+    /// what works without it; `None`: every layer mounts.
+    pub child_mount_refused: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,18 +61,45 @@ pub enum ParentRemoval {
     Allowed,
 }
 
+/// Prepares a store root before the driver opens it (mounts a filesystem
+/// there); the guard is dropped after the case, after the driver.
+pub type Setup = fn(&Path) -> Box<dyn std::any::Any>;
+
 /// What a case works with.
 pub struct Ctx {
     driver: Option<Box<dyn Driver>>,
     pub root: PathBuf,
     pub caps: Caps,
     make: MakeDriver,
+    /// Mounts below the root before the driver opened (the setup's own).
+    baseline: Vec<String>,
+    /// Dropped after `driver` (field order), also when the case panics.
+    _env: Option<Box<dyn std::any::Any>>,
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        if let Some(d) = self.driver.take()
+            && let Err(e) = d.cleanup()
+        {
+            eprintln!("cleanup after the case failed: {e}");
+        }
+    }
 }
 
 impl Ctx {
     /// The backend under test.
     pub fn d(&self) -> &dyn Driver {
         self.driver.as_deref().expect("driver is open")
+    }
+
+    /// Mounts below the store root that the backend made (the setup's own
+    /// mount of the root is not counted).
+    pub fn mounts_left(&self) -> Vec<String> {
+        mounts_below(&self.root)
+            .into_iter()
+            .filter(|m| !self.baseline.contains(m))
+            .collect()
     }
 
     /// Cleans up, drops the driver and opens the same store again.
@@ -76,17 +113,26 @@ impl Ctx {
 
 /// Runs one case on a fresh store and checks that nothing stays mounted.
 pub fn run(make: MakeDriver, caps: Caps, case: fn(&mut Ctx)) {
+    run_with(make, caps, None, case)
+}
+
+/// [`run`] with a setup function preparing the root first.
+pub fn run_with(make: MakeDriver, caps: Caps, setup: Option<Setup>, case: fn(&mut Ctx)) {
     if caps.needs_root && !nix::unistd::geteuid().is_root() {
         panic!("this backend's conformance cases need root: run `make test-host` as root");
     }
     let dir = tempfile::tempdir().expect("temp store root");
     let root = dir.path().join("store");
     std::fs::create_dir(&root).expect("store root");
+    let env = setup.map(|s| s(&root));
+    let baseline = mounts_below(&root);
     let mut ctx = Ctx {
         driver: Some(make(&root)),
         root: root.clone(),
         caps,
         make,
+        baseline,
+        _env: env,
     };
     case(&mut ctx);
     ctx.d().cleanup().expect("cleanup after the case");
@@ -113,12 +159,16 @@ pub fn mounts_below(dir: &Path) -> Vec<String> {
 #[macro_export]
 macro_rules! conformance_suite {
     ($name:ident, $make:path, $caps:expr) => {
+        $crate::conformance_suite!($name, $make, $caps, setup = None);
+    };
+    ($name:ident, $make:path, $caps:expr, setup = $setup:expr) => {
         mod $name {
             use super::*;
-            $crate::conformance_suite!(@cases $make, $caps;
+            $crate::conformance_suite!(@cases $make, $caps, $setup;
                 create_empty, create_base, create_snap, basic_api_errors,
                 deep_chain_100, depth_limit, cow_isolation_of_siblings,
                 deletions_and_opaque_dirs_through_diff_apply, whiteouts_in_diff,
+                whiteouts_through_tars_only,
                 rename_of_lower_file, rename_of_lower_dir, hardlinks,
                 diff_apply_round_trip, compressed_apply, changes_against_parent, diff_size,
                 container_init_layer, remove_while_mounted,
@@ -127,11 +177,11 @@ macro_rules! conformance_suite {
                 hostile_tar_refused, usage_counts_data);
         }
     };
-    (@cases $make:path, $caps:expr; $($case:ident),* $(,)?) => {
+    (@cases $make:path, $caps:expr, $setup:expr; $($case:ident),* $(,)?) => {
         $(
             #[test]
             fn $case() {
-                conformance::run($make, $caps, conformance::cases::$case);
+                conformance::run_with($make, $caps, $setup, conformance::cases::$case);
             }
         )*
     };

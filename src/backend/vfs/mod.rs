@@ -26,7 +26,8 @@ use meta::LayerMeta;
 use crate::fsutil;
 use crate::layer;
 use crate::snapshot::{
-    CreateOpts, Driver, ErrorKind, IoContext, LayerId, LayerInfo, Result, SnapshotError, Usage,
+    CreateOpts, Driver, ErrorKind, IoContext, LayerId, LayerInfo, MountSpec, Result, SnapshotError,
+    Usage,
 };
 use crate::units::Bytes;
 
@@ -382,6 +383,18 @@ impl Driver for VfsDriver {
             bytes: Bytes(bytes),
             inodes,
         })
+    }
+
+    /// A recursive bind mount of the layer directory; `ro` for views
+    /// (containerd remounts a read-only bind, so writes get EROFS).
+    fn mounts(&self, id: &LayerId, readonly: bool) -> Result<Vec<MountSpec>> {
+        if self.state().pending.contains(id) {
+            return Err(SnapshotError::not_found(id));
+        }
+        if self.read_meta(id)?.incomplete {
+            return Err(SnapshotError::Incomplete { id: id.to_string() });
+        }
+        Ok(vec![MountSpec::bind(&self.layer_dir(id), readonly)])
     }
 
     fn set_incomplete(&self, id: &LayerId, incomplete: bool) -> Result<()> {

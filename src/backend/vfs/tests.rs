@@ -93,3 +93,28 @@ fn concurrent_creates_and_removes_stay_consistent() {
     d.remove(&id("base")).unwrap();
     assert!(d.list().unwrap().is_empty());
 }
+
+#[test]
+fn mounts_describe_a_bind_of_the_layer_dir() {
+    let root = tempfile::tempdir().unwrap();
+    let d = VfsDriver::open(root.path(), &[]).unwrap();
+    d.create(&id("base"), None, &CreateOpts::default()).unwrap();
+    let rw = d.mounts(&id("base"), false).unwrap();
+    assert_eq!(rw.len(), 1);
+    assert_eq!(rw[0].kind, "bind");
+    assert_eq!(rw[0].source, d.layer_dir(&id("base")).display().to_string());
+    assert_eq!(rw[0].options, ["rbind", "rw"]);
+    assert_eq!(
+        d.mounts(&id("base"), true).unwrap()[0].options,
+        ["rbind", "ro"]
+    );
+    assert_eq!(
+        d.mounts(&id("missing"), false).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    d.set_incomplete(&id("base"), true).unwrap();
+    assert_eq!(
+        d.mounts(&id("base"), false).unwrap_err().kind(),
+        ErrorKind::Incomplete
+    );
+}

@@ -1,0 +1,149 @@
+//! The `thinsnap serve` process: take the root, open the store and the
+//! records, repair, listen, serve until SIGTERM/SIGINT, then stop accepting,
+//! let in-flight requests finish, and remove the socket.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use containerd_snapshots::tonic::transport::Server;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use super::config::ServeConfig;
+use super::grpc::GrpcFront;
+use super::instance::{self, InstanceInfo, SERVICE_DIR};
+use super::records::{RecordError, RecordStore};
+use super::snapshots::SnapshotService;
+use super::socket::{self, SocketError};
+use crate::snapshot::SnapshotError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Instance(#[from] instance::InstanceError),
+    #[error(transparent)]
+    Socket(#[from] SocketError),
+    #[error("opening the {driver} store at {}: {source}", .root.display())]
+    Backend {
+        driver: String,
+        root: PathBuf,
+        #[source]
+        source: SnapshotError,
+    },
+    #[error(transparent)]
+    Records(#[from] RecordError),
+    #[error("repairing snapshot records at start-up: {0}")]
+    Repair(#[source] super::model::ServiceError),
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] containerd_snapshots::tonic::transport::Error),
+}
+
+/// Where the records of `driver` under `root` live.
+pub fn records_path(root: &std::path::Path, driver: &str) -> PathBuf {
+    root.join(SERVICE_DIR).join(driver).join("records.redb")
+}
+
+/// Serves until a termination signal; returns after a clean shutdown.
+pub fn run(config: &ServeConfig) -> Result<(), ServeError> {
+    let store = &config.store;
+    let _lock = instance::acquire(
+        &store.root,
+        &InstanceInfo {
+            pid: std::process::id(),
+            socket: config.socket.clone(),
+            driver: store.driver.clone(),
+        },
+    )?;
+    let driver = crate::backend::open(store).map_err(|source| ServeError::Backend {
+        driver: store.driver.clone(),
+        root: store.root.clone(),
+        source,
+    })?;
+    let driver: Arc<dyn crate::snapshot::Driver> = Arc::from(driver);
+    let records_file = records_path(&store.root, driver.name());
+    if let Some(dir) = records_file.parent() {
+        crate::fsutil::ensure_dir(dir, 0o700).map_err(|source| ServeError::Io {
+            context: "creating the record directory",
+            source,
+        })?;
+    }
+    let records = RecordStore::open(&records_file)?;
+    let svc = Arc::new(SnapshotService::new(driver.clone(), records));
+    let report = svc.repair().map_err(ServeError::Repair)?;
+    if !report.is_empty() {
+        tracing::warn!(?report, "repaired state left by an interrupted run");
+    }
+    let listener = socket::bind(&config.socket)?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| ServeError::Io {
+            context: "making the socket non-blocking",
+            source,
+        })?;
+    tracing::info!(
+        socket = %config.socket.display(),
+        root = %store.root.display(),
+        driver = driver.name(),
+        config = ?config.file,
+        "serving containerd snapshots"
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("thinsnap-serve")
+        .build()
+        .map_err(|source| ServeError::Io {
+            context: "starting the async runtime",
+            source,
+        })?;
+    let served = runtime.block_on(async {
+        let listener =
+            tokio::net::UnixListener::from_std(listener).map_err(|source| ServeError::Io {
+                context: "registering the socket",
+                source,
+            })?;
+        let shutdown = shutdown_signal()?;
+        serve_listener(listener, svc.clone(), shutdown).await?;
+        Ok::<(), ServeError>(())
+    });
+    // Blocking work already handed to the pool finishes before the runtime goes.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(60));
+    socket::unlink(&config.socket);
+    tracing::info!("stopped");
+    served
+}
+
+/// Serves `svc` on `listener` until `shutdown` resolves, then stops
+/// accepting and waits for the requests in flight.
+pub async fn serve_listener(
+    listener: tokio::net::UnixListener,
+    svc: Arc<SnapshotService>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    Server::builder()
+        .add_service(containerd_snapshots::server(Arc::new(GrpcFront::new(svc))))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ServeError> {
+    let io = |source| ServeError::Io {
+        context: "installing signal handlers",
+        source,
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(io)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+    })
+}
