@@ -89,13 +89,8 @@ impl AufsDriver {
     /// no options.
     pub fn open(root: &Path, options: &[String]) -> Result<AufsDriver> {
         shared::refuse_options(options, NAME)?;
-        let home = root.join(NAME);
-        for d in [
-            home.clone(),
-            home.join(DIFF),
-            home.join(LAYERS),
-            home.join(MNT),
-        ] {
+        let home = shared::make_home(root, NAME)?;
+        for d in [home.join(DIFF), home.join(LAYERS), home.join(MNT)] {
             fsutil::ensure_dir(&d, 0o700).ctx("creating", &d)?;
         }
         let sidecar = Sidecar::open(&home)?;
