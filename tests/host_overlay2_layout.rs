@@ -354,3 +354,27 @@ fn refuses_a_backing_filesystem_without_d_type() {
     assert!(msg.contains("d_type") && msg.contains("whiteouts"), "{msg}");
     assert!(msg.contains("ftype=1"), "says how to fix it: {msg}");
 }
+
+#[test]
+fn a_root_reached_through_a_symlink_is_resolved() {
+    common::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir(dir.path().join("real")).unwrap();
+    std::os::unix::fs::symlink("real", dir.path().join("link")).unwrap();
+    let d = Overlay2Driver::open(&dir.path().join("link"), &[]).unwrap();
+    d.create(&id("a"), None, &CreateOpts::default()).unwrap();
+    d.create(&id("b"), Some(&id("a")), &CreateOpts::default())
+        .unwrap();
+    let merged = d.get(&id("b"), None).unwrap();
+    let real = fs::canonicalize(dir.path().join("real")).unwrap();
+    assert_eq!(merged, real.join("overlay2/b/merged"));
+    assert!(
+        mount_options(&merged).is_some(),
+        "mountinfo shows the real path"
+    );
+    d.cleanup().unwrap();
+    assert!(
+        mount_options(&merged).is_none(),
+        "cleanup found and unmounted it"
+    );
+}

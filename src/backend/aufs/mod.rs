@@ -89,13 +89,8 @@ impl AufsDriver {
     /// no options.
     pub fn open(root: &Path, options: &[String]) -> Result<AufsDriver> {
         shared::refuse_options(options, NAME)?;
-        let home = root.join(NAME);
-        for d in [
-            home.clone(),
-            home.join(DIFF),
-            home.join(LAYERS),
-            home.join(MNT),
-        ] {
+        let home = shared::make_home(root, NAME)?;
+        for d in [home.join(DIFF), home.join(LAYERS), home.join(MNT)] {
             fsutil::ensure_dir(&d, 0o700).ctx("creating", &d)?;
         }
         let sidecar = Sidecar::open(&home)?;
@@ -199,6 +194,15 @@ impl AufsDriver {
     /// appended by remounts.
     fn mount(&self, id: &LayerId, ancestors: &[LayerId], label: Option<&str>) -> Result<PathBuf> {
         let target = self.path(MNT, id);
+        // aufs branch lists cannot escape their separators.
+        for layer in std::iter::once(id).chain(ancestors) {
+            let dir = self.diff_dir(layer).display().to_string();
+            if dir.contains([':', ',', '=']) {
+                return Err(SnapshotError::invalid(format!(
+                    "aufs cannot mount {dir}: ':', ',' and '=' separate aufs branch options"
+                )));
+            }
+        }
         let xino = "dio,xino=/dev/shm/aufs.xino";
         let all = mounts::with_mount_label(
             format!("{},{xino}", self.branches(id, ancestors, false)),

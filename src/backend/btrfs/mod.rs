@@ -101,8 +101,7 @@ impl BtrfsDriver {
             ));
         }
         shared::refuse_options(options, NAME)?;
-        let home = root.join(NAME);
-        fsutil::ensure_dir(&home, 0o700).ctx("creating", &home)?;
+        let home = shared::make_home(root, NAME)?;
         let fs_name = super::shared::overlayfs::backing_fs(&home)?;
         if fs_name != "btrfs" {
             return Err(SnapshotError::unsupported(

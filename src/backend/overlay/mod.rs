@@ -35,7 +35,6 @@ use std::path::{Path, PathBuf};
 use super::shared::gate::Gate;
 use super::shared::sidecar::{Record, Sidecar, remove_tree};
 use super::shared::{self, failpoint, mounts, overlayfs};
-use crate::fsutil;
 use crate::layer::{self, WhiteoutFormat};
 use crate::snapshot::{
     CreateOpts, Driver, IoContext, LayerId, LayerInfo, MountSpec, Result, SnapshotError, Usage,
@@ -82,8 +81,7 @@ impl OverlayDriver {
     /// overlay driver takes no options.
     pub fn open(root: &Path, options: &[String]) -> Result<OverlayDriver> {
         shared::refuse_options(options, NAME)?;
-        let home = root.join(NAME);
-        fsutil::ensure_dir(&home, 0o700).ctx("creating", &home)?;
+        let home = shared::make_home(root, NAME)?;
         let backing_fs = overlayfs::check_root(&home, NAME)?;
         let sidecar = Sidecar::open(&home)?;
         let driver = OverlayDriver {

@@ -72,8 +72,7 @@ impl Overlay2Driver {
     /// accepted and ignored as in Docker 20.10.
     pub fn open(root: &Path, options: &[String]) -> Result<Overlay2Driver> {
         parse_options(options)?;
-        let home = root.join(NAME);
-        fsutil::ensure_dir(&home, 0o700).ctx("creating", &home)?;
+        let home = shared::make_home(root, NAME)?;
         let backing_fs = overlayfs::check_root(&home, NAME)?;
         let links = home.join(LINK_DIR);
         fsutil::ensure_dir(&links, 0o700).ctx("creating", &links)?;

@@ -96,6 +96,15 @@ pub fn busy(id: &LayerId, refs: u32, pinned: bool) -> Result<()> {
     Ok(())
 }
 
+/// Creates `<root>/<driver>` (0700) if needed and returns it canonical:
+/// mount options, mountinfo comparisons and paths relative to the store
+/// all need the real absolute path, whatever `--root` looked like.
+pub fn make_home(root: &Path, driver: &str) -> Result<std::path::PathBuf> {
+    let home = root.join(driver);
+    crate::fsutil::ensure_dir(&home, 0o700).ctx("creating", &home)?;
+    fs::canonicalize(&home).ctx("resolving", &home)
+}
+
 /// Refuses backend options for a driver that takes none, naming the key.
 pub fn refuse_options(options: &[String], backend: &str) -> Result<()> {
     match options.first() {
