@@ -4,7 +4,7 @@
 //! containerd, and the refusal of a backing filesystem without d_type.
 
 mod common;
-#[allow(dead_code, unused_macros)]
+#[allow(unused_macros)]
 mod conformance;
 
 use std::collections::BTreeMap;

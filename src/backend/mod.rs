@@ -12,6 +12,7 @@ use crate::snapshot::{Driver, Result, SnapshotError};
 
 pub mod aufs;
 pub mod btrfs;
+pub mod devmapper;
 pub mod overlay;
 pub mod overlay2;
 pub mod shared;
@@ -154,10 +155,10 @@ pub fn open_named(name: &str, config: &StoreConfig) -> Result<Box<dyn Driver>> {
             &config.root,
             &config.storage_opts,
         )?)),
-        other if DRIVERS.contains(&other) => Err(SnapshotError::unsupported(
-            format!("the {other} backend"),
-            "it is not built yet",
-        )),
+        "devicemapper" => Ok(Box::new(devmapper::DevmapperDriver::open(
+            &config.root,
+            &config.storage_opts,
+        )?)),
         other => Err(unknown(other)),
     }
 }

@@ -8,11 +8,7 @@ use super::error::{DmError, DmResult};
 use crate::units::Bytes;
 
 nix::ioctl_read!(blk_getsize64, 0x12, 114, u64);
-nix::ioctl_write_ptr_bad!(
-    blk_discard,
-    nix::request_code_none!(0x12, 119),
-    [u64; 2]
-);
+nix::ioctl_write_ptr_bad!(blk_discard, nix::request_code_none!(0x12, 119), [u64; 2]);
 
 /// The device's size in bytes (BLKGETSIZE64).
 pub fn size(dev: &Path) -> DmResult<Bytes> {

@@ -285,7 +285,10 @@ impl DmControl {
     pub fn table(&self, name: &str) -> DmResult<Vec<TargetLine>> {
         let id = DevId::Name(dm_name(name)?);
         self.dm
-            .table_status(&id, DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE))
+            .table_status(
+                &id,
+                DmOptions::default().set_flags(DmFlags::DM_STATUS_TABLE),
+            )
             .map(|(_, lines)| lines)
             .map_err(ioctl("table", name))
     }
@@ -334,7 +337,13 @@ mod tests {
 
     #[test]
     fn devno_parses() {
-        assert_eq!(DevNo::parse("253:4"), Some(DevNo { major: 253, minor: 4 }));
+        assert_eq!(
+            DevNo::parse("253:4"),
+            Some(DevNo {
+                major: 253,
+                minor: 4
+            })
+        );
         assert_eq!(DevNo::parse("253"), None);
         assert_eq!(DevNo::parse("a:b"), None);
     }

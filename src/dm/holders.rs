@@ -29,7 +29,10 @@ pub fn find(devno: DevNo, device_paths: &[&Path], mountpoint: Option<&Path>) -> 
             && let Ok(cwd) = fs::read_link(p.path().join("cwd"))
             && cwd.starts_with(mp)
         {
-            found.push(format!("pid {pid} ({comm}) has its working directory in {}", cwd.display()));
+            found.push(format!(
+                "pid {pid} ({comm}) has its working directory in {}",
+                cwd.display()
+            ));
         }
         if let Ok(fds) = fs::read_dir(p.path().join("fd")) {
             for fd in fds.flatten() {
@@ -50,12 +53,17 @@ pub fn find(devno: DevNo, device_paths: &[&Path], mountpoint: Option<&Path>) -> 
         // A mount of the device in another mount namespace.
         let own_ns = fs::read_link("/proc/self/ns/mnt").ok();
         let their_ns = fs::read_link(p.path().join("ns/mnt")).ok();
-        if their_ns.is_some() && their_ns != own_ns
+        if their_ns.is_some()
+            && their_ns != own_ns
             && let Ok(info) = fs::read_to_string(p.path().join("mountinfo"))
-            && let Some(line) = info.lines().find(|l| l.split(' ').nth(2) == Some(devno_s.as_str()))
+            && let Some(line) = info
+                .lines()
+                .find(|l| l.split(' ').nth(2) == Some(devno_s.as_str()))
         {
             let at = line.split(' ').nth(4).unwrap_or("?");
-            found.push(format!("pid {pid} ({comm}) has it mounted at {at} in another mount namespace"));
+            found.push(format!(
+                "pid {pid} ({comm}) has it mounted at {at} in another mount namespace"
+            ));
         }
     }
     found.sort();

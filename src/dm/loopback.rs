@@ -47,7 +47,8 @@ pub fn ensure_sparse_file(file: &Path, size: Bytes) -> DmResult<bool> {
 /// The loop device currently backed by `file` (same device and inode), if any.
 pub fn find_attached(file: &Path) -> DmResult<Option<Loop>> {
     let want = fs::metadata(file).map_err(|e| DmError::io("inspecting", file, e))?;
-    let entries = fs::read_dir("/sys/block").map_err(|e| DmError::io("listing", "/sys/block", e))?;
+    let entries =
+        fs::read_dir("/sys/block").map_err(|e| DmError::io("listing", "/sys/block", e))?;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if !name.starts_with("loop") {
@@ -106,12 +107,20 @@ pub fn attach(file: &Path) -> DmResult<Loop> {
             .map_err(|e| DmError::io("finding a free loop device for", file, e))?;
         match ld.with().autoclear(true).attach(file) {
             Ok(()) => {
-                let path = ld
-                    .path()
-                    .ok_or_else(|| DmError::io("naming loop device for", file, std::io::Error::other("no path")))?;
+                let path = ld.path().ok_or_else(|| {
+                    DmError::io(
+                        "naming loop device for",
+                        file,
+                        std::io::Error::other("no path"),
+                    )
+                })?;
                 let devno = DevNo {
-                    major: ld.major().map_err(|e| DmError::io("reading major of", &path, e))?,
-                    minor: ld.minor().map_err(|e| DmError::io("reading minor of", &path, e))?,
+                    major: ld
+                        .major()
+                        .map_err(|e| DmError::io("reading major of", &path, e))?,
+                    minor: ld
+                        .minor()
+                        .map_err(|e| DmError::io("reading minor of", &path, e))?,
                 };
                 return Ok(Loop { path, devno });
             }

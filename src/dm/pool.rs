@@ -71,7 +71,12 @@ impl PoolTable {
             data: DevNo::parse(f[1]).ok_or_else(bad)?,
             block_size: Sectors(f[2].parse().map_err(|_| bad())?),
             low_water_mark: f[3].parse().map_err(|_| bad())?,
-            features: f.iter().skip(5).take(nfeat).map(|s| s.to_string()).collect(),
+            features: f
+                .iter()
+                .skip(5)
+                .take(nfeat)
+                .map(|s| s.to_string())
+                .collect(),
         })
     }
 }

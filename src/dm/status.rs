@@ -149,7 +149,10 @@ mod tests {
                 highest_mapped_sector: Some(4095)
             }
         );
-        assert_eq!(parse_thin_status("0 -").unwrap().highest_mapped_sector, None);
+        assert_eq!(
+            parse_thin_status("0 -").unwrap().highest_mapped_sector,
+            None
+        );
         assert!(parse_thin_status("Fail").is_none());
     }
 }

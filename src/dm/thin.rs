@@ -20,13 +20,20 @@ pub fn activate(
     id: ThinId,
     len: Sectors,
 ) -> DmResult<DevNo> {
-    ctl.create(name, &[(0, len.0, "thin".to_string(), format!("{pool} {id}"))])
+    ctl.create(
+        name,
+        &[(0, len.0, "thin".to_string(), format!("{pool} {id}"))],
+    )
 }
 
 /// Deactivates `name` (missing is fine). With `deferred`, a device still
 /// held open is removed by the kernel when the last opener closes it.
 pub fn deactivate(ctl: &DmControl, name: &str, deferred: bool) -> DmResult<()> {
-    ctl.remove(name, deferred, if deferred { Duration::ZERO } else { BUSY_WAIT })
+    ctl.remove(
+        name,
+        deferred,
+        if deferred { Duration::ZERO } else { BUSY_WAIT },
+    )
 }
 
 /// Mapped sectors of an active thin device.

@@ -58,6 +58,9 @@ mod tests {
         assert_eq!(ThinId::new(0xffffff).unwrap().get(), 0xffffff);
         assert!(ThinId::new(0x1000000).is_err());
         assert!(serde_json::from_str::<ThinId>("16777216").is_err());
-        assert_eq!(serde_json::to_string(&ThinId::new(7).unwrap()).unwrap(), "7");
+        assert_eq!(
+            serde_json::to_string(&ThinId::new(7).unwrap()).unwrap(),
+            "7"
+        );
     }
 }

@@ -59,7 +59,8 @@ impl MetadataStore {
 
     /// `metadata/<hash>`, `metadata/base` for the base device.
     pub fn device_path(&self, hash: &str) -> PathBuf {
-        self.dir.join(if hash.is_empty() { BASE_FILE } else { hash })
+        self.dir
+            .join(if hash.is_empty() { BASE_FILE } else { hash })
     }
 
     /// Loads every device file. Skips dot-files (temp files), `*.migrated`,
@@ -79,7 +80,11 @@ impl MetadataStore {
             {
                 continue;
             }
-            let hash = if name == BASE_FILE { String::new() } else { name };
+            let hash = if name == BASE_FILE {
+                String::new()
+            } else {
+                name
+            };
             match read_json::<DevInfo>(&entry.path()) {
                 Ok(Some(info)) if info.device_id <= crate::dm::thin_id::MAX_THIN_ID => {
                     loaded.devices.insert(hash, info);
@@ -87,7 +92,10 @@ impl MetadataStore {
                 Ok(Some(info)) => loaded.broken.push(BrokenFile {
                     hash,
                     path: entry.path(),
-                    error: format!("device_id {} is out of the pool's 24-bit range", info.device_id),
+                    error: format!(
+                        "device_id {} is out of the pool's 24-bit range",
+                        info.device_id
+                    ),
                 }),
                 Ok(None) => {}
                 Err(e) => loaded.broken.push(BrokenFile {
@@ -204,7 +212,14 @@ mod tests {
         };
         store.save_device("layer1", &info).unwrap();
         store
-            .save_device("", &DevInfo { device_id: 1, initialized: true, ..info })
+            .save_device(
+                "",
+                &DevInfo {
+                    device_id: 1,
+                    initialized: true,
+                    ..info
+                },
+            )
             .unwrap();
         fs::write(dir.path().join("garbage"), b"{not json").unwrap();
         fs::write(dir.path().join("empty"), b"").unwrap();
@@ -224,7 +239,11 @@ mod tests {
         assert_eq!(loaded.devices["layer1"], info);
         let broken: Vec<&str> = loaded.broken.iter().map(|b| b.hash.as_str()).collect();
         assert_eq!(broken, ["empty", "garbage", "huge"]);
-        assert!(loaded.broken[1].error.contains("garbage"), "{}", loaded.broken[1].error);
+        assert!(
+            loaded.broken[1].error.contains("garbage"),
+            "{}",
+            loaded.broken[1].error
+        );
         assert_eq!(store.load_transaction().unwrap().unwrap().device_id, 2);
     }
 

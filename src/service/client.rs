@@ -29,13 +29,19 @@ pub enum ClientError {
         source: containerd_snapshots::tonic::transport::Error,
     },
     #[error("{}", status_line(.0))]
-    Status(#[from] Status),
+    Status(Box<Status>),
     #[error("starting the client runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }
 
 fn status_line(s: &Status) -> String {
     format!("{:?}: {}", s.code(), s.message())
+}
+
+impl From<Status> for ClientError {
+    fn from(s: Status) -> Self {
+        ClientError::Status(Box::new(s))
+    }
 }
 
 impl ClientError {

@@ -350,7 +350,7 @@ mod tests {
 
     #[test]
     fn quoting_and_escapes() {
-        let w = vec![info("a", None, Kind::Active, &[("k.with.dots", "v \"q\"")])];
+        let w = [info("a", None, Kind::Active, &[("k.with.dots", "v \"q\"")])];
         let f = Filters::parse(&[r#"labels."k.with.dots"=="v \"q\"""#]).unwrap();
         assert!(f.matches(&w[0]));
         let f = Filters::parse(&["labels.k.with.dots"]).unwrap();

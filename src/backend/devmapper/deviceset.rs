@@ -116,7 +116,8 @@ pub struct DeviceSet {
 /// Docker's device-name prefix `docker-<major>:<minor>-<inode>` from the
 /// home directory's stat, with Docker's (old 8/12-bit) split of st_dev.
 pub fn docker_prefix(home: &Path) -> Res<String> {
-    let m = fs::metadata(home).map_err(|e| DevmapperError::io(format!("stat {}", home.display()), e))?;
+    let m = fs::metadata(home)
+        .map_err(|e| DevmapperError::io(format!("stat {}", home.display()), e))?;
     let dev = m.dev();
     let major = (dev >> 8) & 0xfff;
     let minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
@@ -143,7 +144,9 @@ impl DeviceSet {
         let ctl = DmControl::open()?;
         if ctl.thin_pool_version().is_err() {
             // The target loads on demand on modular kernels.
-            let _ = std::process::Command::new("modprobe").arg("dm_thin_pool").output();
+            let _ = std::process::Command::new("modprobe")
+                .arg("dm_thin_pool")
+                .output();
             ctl.thin_pool_version()?;
         }
         if opts.direct_lvm.is_some() {
@@ -152,14 +155,22 @@ impl DeviceSet {
             ));
         }
         let home = root.join("devicemapper");
-        for (dir, mode) in [(&home, 0o700), (&home.join("metadata"), 0o700), (&home.join("mnt"), 0o755)] {
+        for (dir, mode) in [
+            (&home, 0o700),
+            (&home.join("metadata"), 0o700),
+            (&home.join("mnt"), 0o755),
+        ] {
             crate::fsutil::ensure_dir(dir, mode)
                 .map_err(|e| DevmapperError::io(format!("creating {}", dir.display()), e))?;
         }
         let side = Sidecar::open(&home)?;
         let layout = match (side.load_store()?, opts.layout) {
             (Some(rec), requested) => {
-                let stored = if rec.layout == "flat" { Layout::Flat } else { Layout::Docker };
+                let stored = if rec.layout == "flat" {
+                    Layout::Flat
+                } else {
+                    Layout::Docker
+                };
                 if let Some(r) = requested
                     && r != stored
                 {
@@ -208,18 +219,37 @@ impl DeviceSet {
         for b in broken_side {
             tracing::error!(error = %b, "unreadable thinsnap layer record");
         }
-        let pool_tid = Self::process_pending(&ctl, &pool, &prefix, &store, &side, status.transaction_id, &mut loaded.devices, &mut layers)?;
-        if pool_tid == 0 && status.used_data_blocks == 0 && !loaded.devices.is_empty() && owns_pool {
+        let pool_tid = Self::process_pending(
+            &ctl,
+            &pool,
+            &prefix,
+            &store,
+            &side,
+            status.transaction_id,
+            &mut loaded.devices,
+            &mut layers,
+        )?;
+        if pool_tid == 0 && status.used_data_blocks == 0 && !loaded.devices.is_empty() && owns_pool
+        {
             return Err(DevmapperError::TransactionMismatch {
                 pool: pool.name.clone(),
                 pool_tid,
-                meta_tid: loaded.devices.values().map(|d| d.transaction_id).max().unwrap_or(0),
+                meta_tid: loaded
+                    .devices
+                    .values()
+                    .map(|d| d.transaction_id)
+                    .max()
+                    .unwrap_or(0),
                 dir: store.dir().display().to_string(),
             });
         }
         // Records whose device file never made it (a create interrupted
         // between the record and the file) are dropped.
-        let orphans: Vec<String> = layers.keys().filter(|k| !loaded.devices.contains_key(*k)).cloned().collect();
+        let orphans: Vec<String> = layers
+            .keys()
+            .filter(|k| !loaded.devices.contains_key(*k))
+            .cloned()
+            .collect();
         for o in orphans {
             side.remove_layer(&o)?;
             layers.remove(&o);
@@ -246,7 +276,9 @@ impl DeviceSet {
         let fs = if !meta.base_device_filesystem.is_empty() {
             meta.base_device_filesystem.clone()
         } else {
-            opts.fs.clone().unwrap_or_else(|| thinfs::default_fs().to_string())
+            opts.fs
+                .clone()
+                .unwrap_or_else(|| thinfs::default_fs().to_string())
         };
         let set = DeviceSet {
             home,
@@ -315,7 +347,11 @@ impl DeviceSet {
                 if existing.is_some() && (!data_file.exists() || !meta_file.exists()) {
                     return Err(DevmapperError::Other(format!(
                         "pool {name} is active but its loopback {} file is missing from {} (moved or deleted under a running store?); committed data lives in the files: restore them, or run `thinsnap cleanup` to release the pool",
-                        if data_file.exists() { "metadata" } else { "data" },
+                        if data_file.exists() {
+                            "metadata"
+                        } else {
+                            "data"
+                        },
                         dir.display()
                     )));
                 }
@@ -394,8 +430,11 @@ impl DeviceSet {
             return Ok(pool_tid);
         };
         if txn.open_transaction_id < pool_tid {
-            tracing::warn!(open = txn.open_transaction_id, pool = pool_tid,
-                "open transaction id is less than the pool's transaction id");
+            tracing::warn!(
+                open = txn.open_transaction_id,
+                pool = pool_tid,
+                "open transaction id is less than the pool's transaction id"
+            );
             return Ok(pool_tid);
         }
         if txn.open_transaction_id == pool_tid {
@@ -403,14 +442,16 @@ impl DeviceSet {
         }
         tracing::warn!(hash = %txn.device_hash, device_id = txn.device_id,
             open = txn.open_transaction_id, pool = pool_tid, "rolling back an interrupted pool transaction");
-        let id = ThinId::new(txn.device_id as u64)
-            .map_err(|e| DevmapperError::Other(format!("Rolling back open transaction failed: {e}")))?;
+        let id = ThinId::new(txn.device_id as u64).map_err(|e| {
+            DevmapperError::Other(format!("Rolling back open transaction failed: {e}"))
+        })?;
         let name = dev_name(prefix, &txn.device_hash);
         if ctl.info(&name)?.is_some() {
             dm::thin::deactivate(ctl, &name, false)?;
         }
-        pool.delete(ctl, id)
-            .map_err(|e| DevmapperError::Other(format!("Rolling back open transaction failed: {e}")))?;
+        pool.delete(ctl, id).map_err(|e| {
+            DevmapperError::Other(format!("Rolling back open transaction failed: {e}"))
+        })?;
         store.remove_device(&txn.device_hash)?;
         if !txn.device_hash.is_empty() {
             side.remove_layer(&txn.device_hash)?;
@@ -564,7 +605,9 @@ impl DeviceSet {
     fn close_transaction(&self, st: &mut State, open: u64) -> Res<()> {
         self.pool
             .set_transaction_id(&self.ctl, st.pool_tid, open)
-            .map_err(|e| DevmapperError::Other(format!("Error setting devmapper transaction ID: {e}")))?;
+            .map_err(|e| {
+                DevmapperError::Other(format!("Error setting devmapper transaction ID: {e}"))
+            })?;
         st.pool_tid = open;
         Ok(())
     }
@@ -592,7 +635,10 @@ impl DeviceSet {
                 Ok(()) => return Ok((id, open)),
                 Err(e) if e.errno() == Some(Errno::EEXIST) => {
                     // The id stays marked used: something in the pool has it.
-                    tracing::warn!(device_id = id.get(), "Device ID exists in pool but it is supposed to be unused; trying the next one");
+                    tracing::warn!(
+                        device_id = id.get(),
+                        "Device ID exists in pool but it is supposed to be unused; trying the next one"
+                    );
                     continue;
                 }
                 Err(e) => {
@@ -636,7 +682,12 @@ impl DeviceSet {
         let size = self.opts.base_size;
         let (id, info) = {
             let mut st = self.state();
-            let (id, open) = self.create_in_pool(&mut st, "", |id| self.pool.create_thin(&self.ctl, id), "devmapper.create.after_txn")?;
+            let (id, open) = self.create_in_pool(
+                &mut st,
+                "",
+                |id| self.pool.create_thin(&self.ctl, id),
+                "devmapper.create.after_txn",
+            )?;
             fp("devmapper.base.after_thin")?;
             let info = DevInfo {
                 device_id: id.get(),
@@ -666,7 +717,9 @@ impl DeviceSet {
                 self.with_temp_mount("", &dev, |mp| {
                     let lf = mp.join("lost+found");
                     if lf.exists() {
-                        fs::remove_dir(&lf).map_err(|e| DevmapperError::io(format!("removing {}", lf.display()), e))?;
+                        fs::remove_dir(&lf).map_err(|e| {
+                            DevmapperError::io(format!("removing {}", lf.display()), e)
+                        })?;
                     }
                     Ok(())
                 })?;
@@ -712,7 +765,8 @@ impl DeviceSet {
                 });
             }
             if st.meta.base_device_filesystem.is_empty() {
-                st.meta.base_device_filesystem = thinfs::probe(&dev)?.unwrap_or("unknown").to_string();
+                st.meta.base_device_filesystem =
+                    thinfs::probe(&dev)?.unwrap_or("unknown").to_string();
                 self.store.save_deviceset(&st.meta)?;
             }
             if let Some(fs) = &self.opts.fs
@@ -745,7 +799,10 @@ impl DeviceSet {
         if self.ctl.info(&name)?.is_some() {
             dm::thin::deactivate(&self.ctl, &name, false)?;
         }
-        let bigger = DevInfo { size: size.0, ..info };
+        let bigger = DevInfo {
+            size: size.0,
+            ..info
+        };
         let dev = self.activate(hash, &bigger)?;
         self.with_temp_mount(hash, &dev, |mp| thinfs::grow(&self.fs, &dev, mp))?;
         let mut st = self.state();
@@ -755,15 +812,36 @@ impl DeviceSet {
     }
 
     /// Mounts `dev` on a private temp mountpoint for `f`, then unmounts.
-    fn with_temp_mount<T>(&self, hash: &str, dev: &Path, f: impl FnOnce(&Path) -> Res<T>) -> Res<T> {
-        let mp = self.home.join("thinsnap").join(format!("tmpmnt-{}", if hash.is_empty() { "base" } else { hash }));
+    fn with_temp_mount<T>(
+        &self,
+        hash: &str,
+        dev: &Path,
+        f: impl FnOnce(&Path) -> Res<T>,
+    ) -> Res<T> {
+        let mp = self.home.join("thinsnap").join(format!(
+            "tmpmnt-{}",
+            if hash.is_empty() { "base" } else { hash }
+        ));
         let _ = fs::create_dir_all(&mp);
         let opts = thinfs::mount_options(&self.fs, &self.opts.mount_opts, None);
-        nix::mount::mount(Some(dev), &mp, Some(self.fs.as_str()), MsFlags::empty(), Some(opts.as_str()))
-            .map_err(|e| DevmapperError::io(format!("mounting {} on {}", dev.display(), mp.display()), e.into()))?;
+        nix::mount::mount(
+            Some(dev),
+            &mp,
+            Some(self.fs.as_str()),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .map_err(|e| {
+            DevmapperError::io(
+                format!("mounting {} on {}", dev.display(), mp.display()),
+                e.into(),
+            )
+        })?;
         let result = f(&mp);
-        let _ = nix::unistd::syncfs(fs::File::open(&mp).map_err(|e| DevmapperError::io("open", e))?);
-        mounts::unmount(&mp, false).map_err(|e| DevmapperError::io(format!("unmounting {}", mp.display()), e))?;
+        let _ =
+            nix::unistd::syncfs(fs::File::open(&mp).map_err(|e| DevmapperError::io("open", e))?);
+        mounts::unmount(&mp, false)
+            .map_err(|e| DevmapperError::io(format!("unmounting {}", mp.display()), e))?;
         let _ = fs::remove_dir(&mp);
         result
     }
@@ -785,9 +863,21 @@ impl DeviceSet {
             }
             return Ok(devnode::ensure(&name, st.devno)?);
         }
-        let id = ThinId::new(info.device_id as u64).map_err(|e| DevmapperError::Other(e.to_string()))?;
-        let devno = dm::thin::activate(&self.ctl, &name, self.pool_devno, id, Bytes(info.size).sectors())
-            .map_err(|e| DevmapperError::Other(format!("Error activating devmapper device for '{}': {e}", display_hash(hash))))?;
+        let id =
+            ThinId::new(info.device_id as u64).map_err(|e| DevmapperError::Other(e.to_string()))?;
+        let devno = dm::thin::activate(
+            &self.ctl,
+            &name,
+            self.pool_devno,
+            id,
+            Bytes(info.size).sectors(),
+        )
+        .map_err(|e| {
+            DevmapperError::Other(format!(
+                "Error activating devmapper device for '{}': {e}",
+                display_hash(hash)
+            ))
+        })?;
         fp("devmapper.activate.after_create")?;
         Ok(devnode::ensure(&name, devno)?)
     }
@@ -796,10 +886,10 @@ impl DeviceSet {
         let name = self.device_name(hash);
         dm::thin::deactivate(&self.ctl, &name, self.deferred_removal).map_err(|e| {
             if e.errno() == Some(Errno::EBUSY) {
-                DevmapperError::Other(format!(
-                    "Device is Busy: {name}{}",
-                    self.holders_suffix(hash)
-                ))
+                DevmapperError::Busy {
+                    id: display_hash(hash).to_string(),
+                    detail: format!("Device is Busy: {name}{}", self.holders_suffix(hash)),
+                }
             } else {
                 e.into()
             }
@@ -840,7 +930,9 @@ impl DeviceSet {
     pub fn check_new_id(&self, id: &LayerId) -> Res<()> {
         let s = id.as_str();
         if RESERVED_NAMES.contains(&s) || s.ends_with(".migrated") {
-            return Err(DevmapperError::Other(format!("layer id {s:?} is reserved by the devicemapper store")));
+            return Err(DevmapperError::Other(format!(
+                "layer id {s:?} is reserved by the devicemapper store"
+            )));
         }
         dm::control::dm_name(&self.device_name(s))?;
         Ok(())
@@ -862,7 +954,10 @@ impl DeviceSet {
         let (info, grow_to) = {
             let mut st = self.state();
             if let Some(d) = st.devices.get(hash) {
-                return Err(DevmapperError::Other(format!("device {hash} already exists. Deleted={}", d.deleted)));
+                return Err(DevmapperError::Other(format!(
+                    "device {hash} already exists. Deleted={}",
+                    d.deleted
+                )));
             }
             let Some(origin) = st.devices.get(parent_hash).copied() else {
                 return Err(DevmapperError::UnknownDevice(parent_hash.to_string()));
@@ -879,12 +974,15 @@ impl DeviceSet {
                 )));
             }
             let size = match requested {
-                Some(s) if s.0 < origin.size => return Err(DevmapperError::LayerShrink(human_size(origin.size))),
+                Some(s) if s.0 < origin.size => {
+                    return Err(DevmapperError::LayerShrink(human_size(origin.size)));
+                }
                 Some(s) => s.0,
                 None => origin.size,
             };
             self.check_free_space()?;
-            let origin_id = ThinId::new(origin.device_id as u64).map_err(|e| DevmapperError::Other(e.to_string()))?;
+            let origin_id = ThinId::new(origin.device_id as u64)
+                .map_err(|e| DevmapperError::Other(e.to_string()))?;
             let origin_name = self.device_name(parent_hash);
             let origin_active = match self.ctl.info(&origin_name)? {
                 Some(s) if s.deferred_remove => {
@@ -940,11 +1038,7 @@ impl DeviceSet {
             (info, grow.then_some(Bytes(size)))
         };
         if let Some(size) = grow_to {
-            let small = DevInfo {
-                size: self.device_info(parent_hash).map(|d| d.size).unwrap_or(info.size),
-                ..info
-            };
-            self.grow_device(hash, small, size)?;
+            self.grow_device(hash, info, size)?;
             self.deactivate(hash)?;
             self.set_incomplete(hash, false)?;
         }
@@ -994,6 +1088,28 @@ impl DeviceSet {
                 Some(d) if d.deleted => return Ok(()),
                 Some(_) => {}
             }
+            let refs = st.refs.get(hash).copied().unwrap_or(0);
+            if refs > 0 || mounts::is_mount_point(&self.mount_path(hash)) {
+                return Err(DevmapperError::Busy {
+                    id: hash.to_string(),
+                    detail: format!(
+                        "layer {hash} is mounted ({} reference(s)); unmount it first",
+                        refs.max(1)
+                    ),
+                });
+            }
+            let children: Vec<String> = st
+                .layers
+                .iter()
+                .filter(|(_, r)| r.parent.as_ref().is_some_and(|p| p.as_str() == hash))
+                .map(|(k, _)| k.clone())
+                .collect();
+            if !children.is_empty() {
+                return Err(DevmapperError::HasChildren {
+                    id: hash.to_string(),
+                    children,
+                });
+            }
         }
         self.delete_device(hash, false)?;
         let mp = self.mount_path(hash);
@@ -1006,7 +1122,8 @@ impl DeviceSet {
         let Some(info) = self.device_info(hash) else {
             return Ok(());
         };
-        let id = ThinId::new(info.device_id as u64).map_err(|e| DevmapperError::Other(e.to_string()))?;
+        let id =
+            ThinId::new(info.device_id as u64).map_err(|e| DevmapperError::Other(e.to_string()))?;
         let name = self.device_name(hash);
         if self.opts.do_blkdiscard()
             && !info.deleted
@@ -1019,10 +1136,13 @@ impl DeviceSet {
         let deferred = self.deferred_deletion && !sync;
         if let Err(e) = dm::thin::deactivate(&self.ctl, &name, deferred) {
             if e.errno() == Some(Errno::EBUSY) {
-                return Err(DevmapperError::Other(format!(
-                    "failed to remove device {hash}: Device is Busy{}",
-                    self.holders_suffix(hash)
-                )));
+                return Err(DevmapperError::Busy {
+                    id: hash.to_string(),
+                    detail: format!(
+                        "failed to remove device {hash}: Device is Busy{}",
+                        self.holders_suffix(hash)
+                    ),
+                });
             }
             return Err(e.into());
         }
@@ -1033,7 +1153,10 @@ impl DeviceSet {
         match self.pool.delete(&self.ctl, id) {
             Ok(_) => {}
             Err(e) if e.errno() == Some(Errno::EBUSY) && deferred => {
-                let marked = DevInfo { deleted: true, ..info };
+                let marked = DevInfo {
+                    deleted: true,
+                    ..info
+                };
                 self.store.save_device(hash, &marked)?;
                 st.devices.insert(hash.to_string(), marked);
                 self.close_transaction(&mut st, open)?;
@@ -1045,10 +1168,13 @@ impl DeviceSet {
                 self.close_transaction(&mut st, open)?;
                 drop(st);
                 if busy {
-                    return Err(DevmapperError::Other(format!(
-                        "failed to remove device {hash}: Device is Busy{}",
-                        self.holders_suffix(hash)
-                    )));
+                    return Err(DevmapperError::Busy {
+                        id: hash.to_string(),
+                        detail: format!(
+                            "failed to remove device {hash}: Device is Busy{}",
+                            self.holders_suffix(hash)
+                        ),
+                    });
                 }
                 return Err(e.into());
             }
@@ -1099,7 +1225,8 @@ impl DeviceSet {
             // Still held: the deferred remove has not completed.
             return Ok(false);
         }
-        let id = ThinId::new(info.device_id as u64).map_err(|e| DevmapperError::Other(e.to_string()))?;
+        let id =
+            ThinId::new(info.device_id as u64).map_err(|e| DevmapperError::Other(e.to_string()))?;
         let mut st = self.state();
         let open = self.open_transaction(&mut st, hash, id)?;
         match self.pool.delete(&self.ctl, id) {
@@ -1168,19 +1295,29 @@ impl DeviceSet {
         let mp = self.mount_path(hash);
         if !mounts::is_mount_point(&mp) {
             let dev = self.activate(hash, &info)?;
-            let fstype = thinfs::probe(&dev)?
-                .map(str::to_string)
-                .ok_or_else(|| DevmapperError::Other(format!("Unknown filesystem type on {}", dev.display())))?;
+            let fstype = thinfs::probe(&dev)?.map(str::to_string).ok_or_else(|| {
+                DevmapperError::Other(format!("Unknown filesystem type on {}", dev.display()))
+            })?;
             match fs::DirBuilder::new().mode(0o755).create(&mp) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(DevmapperError::io(format!("creating {}", mp.display()), e)),
             }
             let opts = thinfs::mount_options(&fstype, &self.opts.mount_opts, label);
-            if let Err(e) = nix::mount::mount(Some(&dev), &mp, Some(fstype.as_str()), MsFlags::empty(), Some(opts.as_str())) {
+            if let Err(e) = nix::mount::mount(
+                Some(&dev),
+                &mp,
+                Some(fstype.as_str()),
+                MsFlags::empty(),
+                Some(opts.as_str()),
+            ) {
                 let _ = self.deactivate(hash);
                 return Err(DevmapperError::io(
-                    format!("mounting {} on {} ({fstype}, {opts})", dev.display(), mp.display()),
+                    format!(
+                        "mounting {} on {} ({fstype}, {opts})",
+                        dev.display(),
+                        mp.display()
+                    ),
                     e.into(),
                 ));
             }
@@ -1201,7 +1338,12 @@ impl DeviceSet {
             match fs::DirBuilder::new().mode(0o755).create(&rootfs) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(DevmapperError::io(format!("creating {}", rootfs.display()), e)),
+                Err(e) => {
+                    return Err(DevmapperError::io(
+                        format!("creating {}", rootfs.display()),
+                        e,
+                    ));
+                }
             }
             let idfile = mp.join("id");
             if !idfile.exists() {
@@ -1220,7 +1362,12 @@ impl DeviceSet {
         {
             let name = self.device_name(hash);
             let devno = self.ctl.info(&name)?.map(|s| s.devno);
-            let path = devno.map(|d| PathBuf::from(format!("/sys/fs/xfs/dm-{}/error/metadata/ENOSPC/max_retries", d.minor)));
+            let path = devno.map(|d| {
+                PathBuf::from(format!(
+                    "/sys/fs/xfs/dm-{}/error/metadata/ENOSPC/max_retries",
+                    d.minor
+                ))
+            });
             let written = path.as_ref().map(|p| fs::write(p, retries));
             if !matches!(written, Some(Ok(()))) {
                 return Err(DevmapperError::Other(format!(
@@ -1249,7 +1396,9 @@ impl DeviceSet {
                 }
                 None if mounts::is_mount_point(&mp) => {}
                 None => {
-                    return Err(DevmapperError::Other(format!("layer {hash} is not mounted")));
+                    return Err(DevmapperError::Other(format!(
+                        "layer {hash} is not mounted"
+                    )));
                 }
             }
         }
@@ -1317,17 +1466,21 @@ impl DeviceSet {
         let mut errors = Vec::new();
         let ours = format!("{}-", self.prefix);
         for name in self.ctl.list()? {
-            if name.starts_with(&ours) && name != self.pool.name {
-                if let Err(e) = dm::thin::deactivate(&self.ctl, &name, false) {
-                    errors.push(e.to_string());
-                }
+            if name.starts_with(&ours)
+                && name != self.pool.name
+                && let Err(e) = dm::thin::deactivate(&self.ctl, &name, false)
+            {
+                errors.push(e.to_string());
             }
         }
         if self.owns_pool && errors.is_empty() {
             self.pool.remove(&self.ctl)?;
         }
         if !errors.is_empty() {
-            return Err(DevmapperError::Other(format!("cleanup left devices behind: {}", errors.join("; "))));
+            return Err(DevmapperError::Other(format!(
+                "cleanup left devices behind: {}",
+                errors.join("; ")
+            )));
         }
         Ok(())
     }
@@ -1347,7 +1500,9 @@ impl DeviceSet {
 }
 
 fn unreachable_source<T>() -> Res<T> {
-    Err(DevmapperError::Other("internal: an external pool has no devices to size".into()))
+    Err(DevmapperError::Other(
+        "internal: an external pool has no devices to size".into(),
+    ))
 }
 
 fn display_hash(hash: &str) -> &str {
@@ -1359,10 +1514,14 @@ fn dev_name(prefix: &str, hash: &str) -> String {
 }
 
 fn block_devno(path: &Path) -> Res<DevNo> {
-    let m = fs::metadata(path).map_err(|e| DevmapperError::io(format!("stat {}", path.display()), e))?;
+    let m = fs::metadata(path)
+        .map_err(|e| DevmapperError::io(format!("stat {}", path.display()), e))?;
     use std::os::unix::fs::FileTypeExt;
     if !m.file_type().is_block_device() {
-        return Err(DevmapperError::Other(format!("{} is not a block device", path.display())));
+        return Err(DevmapperError::Other(format!(
+            "{} is not a block device",
+            path.display()
+        )));
     }
     let rdev = m.rdev();
     Ok(DevNo {

@@ -53,7 +53,9 @@ pub enum DevmapperError {
     )]
     LowMetaSpace { free: u64, min: u64 },
 
-    #[error("devmapper: Unable to take ownership of thin-pool ({0}) that already has used data blocks")]
+    #[error(
+        "devmapper: Unable to take ownership of thin-pool ({0}) that already has used data blocks"
+    )]
     PoolHasData(String),
 
     #[error("devmapper: Unable to take ownership of thin-pool ({0}) with non-zero transaction ID")]
@@ -71,6 +73,12 @@ pub enum DevmapperError {
 
     #[error("devmapper: Unable to find a free device ID")]
     NoFreeId,
+
+    #[error("{detail}")]
+    Busy { id: String, detail: String },
+
+    #[error("layer {id} still has child layers ({}); remove them first", .children.join(", "))]
+    HasChildren { id: String, children: Vec<String> },
 
     #[error("devmapper: Unknown device {0}")]
     UnknownDevice(String),
@@ -102,9 +110,8 @@ impl DevmapperError {
             _ => ErrorKind::Io,
         };
         match self {
-            DevmapperError::Dm(DmError::Unavailable { .. }) | DevmapperError::Dm(DmError::NoThinTarget) => {
-                ErrorKind::Unsupported
-            }
+            DevmapperError::Dm(DmError::Unavailable { .. })
+            | DevmapperError::Dm(DmError::NoThinTarget) => ErrorKind::Unsupported,
             DevmapperError::Dm(DmError::InvalidName { .. }) => ErrorKind::InvalidInput,
             DevmapperError::Dm(e) => by_errno(e.errno()),
             DevmapperError::Metadata(e) => match e.raw_os_error() {
@@ -112,16 +119,22 @@ impl DevmapperError {
                 _ => ErrorKind::Corrupt,
             },
             DevmapperError::Option(_) => ErrorKind::InvalidInput,
-            DevmapperError::LowDataSpace { .. } | DevmapperError::LowMetaSpace { .. } | DevmapperError::NoFreeId => {
-                ErrorKind::NoSpace
+            DevmapperError::LowDataSpace { .. }
+            | DevmapperError::LowMetaSpace { .. }
+            | DevmapperError::NoFreeId => ErrorKind::NoSpace,
+            DevmapperError::LayerShrink(_) | DevmapperError::BaseShrink(_) => {
+                ErrorKind::InvalidInput
             }
-            DevmapperError::LayerShrink(_) | DevmapperError::BaseShrink(_) => ErrorKind::InvalidInput,
             DevmapperError::UnknownDevice(_) => ErrorKind::NotFound,
+            DevmapperError::Busy { .. } => ErrorKind::Busy,
+            DevmapperError::HasChildren { .. } => ErrorKind::HasChildren,
             DevmapperError::UuidMismatch { .. }
             | DevmapperError::TransactionMismatch { .. }
             | DevmapperError::PoolHasData(_)
             | DevmapperError::PoolHasTransaction(_) => ErrorKind::Corrupt,
-            DevmapperError::Io { source, .. } => by_errno(source.raw_os_error().map(Errno::from_raw)),
+            DevmapperError::Io { source, .. } => {
+                by_errno(source.raw_os_error().map(Errno::from_raw))
+            }
             DevmapperError::Tool { .. } | DevmapperError::Other(_) => ErrorKind::Other,
         }
     }
@@ -130,9 +143,21 @@ impl DevmapperError {
 impl From<DevmapperError> for SnapshotError {
     fn from(e: DevmapperError) -> SnapshotError {
         let kind = e.kind();
+        match e {
+            DevmapperError::Busy { id, detail } => return SnapshotError::Busy { id, detail },
+            DevmapperError::HasChildren { id, children } => {
+                return SnapshotError::HasChildren { id, children };
+            }
+            DevmapperError::UnknownDevice(id) => return SnapshotError::NotFound { id },
+            _ => {}
+        }
         match kind {
-            ErrorKind::NoSpace => SnapshotError::NoSpace { detail: e.to_string() },
-            ErrorKind::InvalidInput => SnapshotError::InvalidInput { detail: e.to_string() },
+            ErrorKind::NoSpace => SnapshotError::NoSpace {
+                detail: e.to_string(),
+            },
+            ErrorKind::InvalidInput => SnapshotError::InvalidInput {
+                detail: e.to_string(),
+            },
             ErrorKind::Unsupported => SnapshotError::Unsupported {
                 what: "the devicemapper backend".into(),
                 detail: e.to_string(),

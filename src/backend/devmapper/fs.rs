@@ -11,12 +11,17 @@ use super::error::DevmapperError;
 
 /// Runs `program args…`; returns stdout, or an error carrying stderr.
 pub fn run_tool(program: &str, args: &[&str], target: &Path) -> Result<String, DevmapperError> {
-    let out = Command::new(program).args(args).output().map_err(|e| DevmapperError::Tool {
-        tool: program.to_string(),
-        target: target.display().to_string(),
-        status: "not started".into(),
-        stderr: format!("{e} (is it installed? `make setup` installs xfsprogs, e2fsprogs, util-linux)"),
-    })?;
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| DevmapperError::Tool {
+            tool: program.to_string(),
+            target: target.display().to_string(),
+            status: "not started".into(),
+            stderr: format!(
+                "{e} (is it installed? `make setup` installs xfsprogs, e2fsprogs, util-linux)"
+            ),
+        })?;
     if !out.status.success() {
         return Err(DevmapperError::Tool {
             tool: format!("{program} {}", args.join(" ")),
@@ -34,9 +39,16 @@ pub fn default_fs() -> &'static str {
         .map(|p| std::env::split_paths(&p).any(|d| d.join("mkfs.xfs").is_file()))
         .unwrap_or(false);
     let kernel_xfs = std::fs::read_to_string("/proc/filesystems")
-        .map(|s| s.lines().any(|l| l.split_whitespace().last() == Some("xfs")))
+        .map(|s| {
+            s.lines()
+                .any(|l| l.split_whitespace().last() == Some("xfs"))
+        })
         .unwrap_or(false);
-    if has_mkfs_xfs && kernel_xfs { "xfs" } else { "ext4" }
+    if has_mkfs_xfs && kernel_xfs {
+        "xfs"
+    } else {
+        "ext4"
+    }
 }
 
 /// Makes `fs` on `dev` the way Docker does (`dm.mkfsarg`s before the device).
@@ -60,14 +72,20 @@ pub fn mkfs(fs: &str, dev: &Path, extra: &[String]) -> Result<(), DevmapperError
                 .or_else(|_| attempt("nodiscard,lazy_itable_init=0"))?;
             run_tool("tune2fs", &["-c", "-1", "-i", "0", &dev_s], dev).map(|_| ())
         }
-        other => Err(DevmapperError::Other(format!("Unsupported filesystem {other}"))),
+        other => Err(DevmapperError::Other(format!(
+            "Unsupported filesystem {other}"
+        ))),
     }
 }
 
 /// The filesystem UUID (`blkid -s UUID -o value`, bypassing blkid's cache).
 pub fn uuid(dev: &Path) -> Result<String, DevmapperError> {
     let dev_s = dev.to_string_lossy().into_owned();
-    let out = run_tool("blkid", &["-c", "/dev/null", "-s", "UUID", "-o", "value", &dev_s], dev)?;
+    let out = run_tool(
+        "blkid",
+        &["-c", "/dev/null", "-s", "UUID", "-o", "value", &dev_s],
+        dev,
+    )?;
     let uuid = out.trim().to_string();
     if uuid.is_empty() {
         return Err(DevmapperError::Other(format!(
@@ -80,10 +98,12 @@ pub fn uuid(dev: &Path) -> Result<String, DevmapperError> {
 
 /// Reads the superblock to name the filesystem (`xfs`, `ext4`, `btrfs`).
 pub fn probe(dev: &Path) -> Result<Option<&'static str>, DevmapperError> {
-    let mut f = File::open(dev).map_err(|e| DevmapperError::io(format!("opening {}", dev.display()), e))?;
+    let mut f =
+        File::open(dev).map_err(|e| DevmapperError::io(format!("opening {}", dev.display()), e))?;
     let mut head = [0u8; 0x440];
-    f.read_exact(&mut head)
-        .map_err(|e| DevmapperError::io(format!("reading the superblock of {}", dev.display()), e))?;
+    f.read_exact(&mut head).map_err(|e| {
+        DevmapperError::io(format!("reading the superblock of {}", dev.display()), e)
+    })?;
     if &head[0..4] == b"XFSB" {
         return Ok(Some("xfs"));
     }
@@ -91,7 +111,10 @@ pub fn probe(dev: &Path) -> Result<Option<&'static str>, DevmapperError> {
         return Ok(Some("ext4"));
     }
     let mut btrfs = [0u8; 8];
-    if f.seek(SeekFrom::Start(0x10040)).is_ok() && f.read_exact(&mut btrfs).is_ok() && &btrfs == b"_BHRfS_M" {
+    if f.seek(SeekFrom::Start(0x10040)).is_ok()
+        && f.read_exact(&mut btrfs).is_ok()
+        && &btrfs == b"_BHRfS_M"
+    {
         return Ok(Some("btrfs"));
     }
     Ok(None)
@@ -102,7 +125,9 @@ pub fn grow(fs: &str, dev: &Path, mountpoint: &Path) -> Result<(), DevmapperErro
     match fs {
         "xfs" => run_tool("xfs_growfs", &[&mountpoint.to_string_lossy()], mountpoint).map(|_| ()),
         "ext4" => run_tool("resize2fs", &[&dev.to_string_lossy()], dev).map(|_| ()),
-        other => Err(DevmapperError::Other(format!("cannot grow a {other} filesystem"))),
+        other => Err(DevmapperError::Other(format!(
+            "cannot grow a {other} filesystem"
+        ))),
     }
 }
 
@@ -113,7 +138,12 @@ pub fn mount_options(fs: &str, user: &[String], label: Option<&str>) -> String {
     if fs == "xfs" {
         opts.push("nouuid".into());
     }
-    opts.extend(user.iter().flat_map(|o| o.split(',')).filter(|o| !o.is_empty()).map(String::from));
+    opts.extend(
+        user.iter()
+            .flat_map(|o| o.split(','))
+            .filter(|o| !o.is_empty())
+            .map(String::from),
+    );
     if let Some(l) = label.filter(|l| !l.is_empty()) {
         opts.push(format!("context=\"{l}\""));
     }
@@ -128,7 +158,11 @@ mod tests {
     fn options() {
         assert_eq!(mount_options("xfs", &[], None), "nouuid");
         assert_eq!(
-            mount_options("ext4", &["discard,noatime".into()], Some("system_u:object_r:x:s0")),
+            mount_options(
+                "ext4",
+                &["discard,noatime".into()],
+                Some("system_u:object_r:x:s0")
+            ),
             "discard,noatime,context=\"system_u:object_r:x:s0\""
         );
     }

@@ -64,7 +64,8 @@ pub struct DmStoreOptions {
     pub xfs_nospace_max_retries: Option<String>,
     pub direct_lvm: Option<DirectLvm>,
     pub libdm_log_level: u32,
-    pub layout: Layout,
+    /// None: keep the store's recorded layout (Docker's for a new store).
+    pub layout: Option<Layout>,
 }
 
 impl Default for DmStoreOptions {
@@ -89,7 +90,7 @@ impl Default for DmStoreOptions {
             xfs_nospace_max_retries: None,
             direct_lvm: None,
             libdm_log_level: 2,
-            layout: Layout::Docker,
+            layout: None,
         }
     }
 }
@@ -100,7 +101,11 @@ impl Default for DmStoreOptions {
 pub struct OptionError(pub String);
 
 fn size(key: &str, value: &str) -> Result<Bytes, OptionError> {
-    parse_size(value).map_err(|e| OptionError(format!("devmapper: invalid value {value:?} for option {key}: {e}")))
+    parse_size(value).map_err(|e| {
+        OptionError(format!(
+            "devmapper: invalid value {value:?} for option {key}: {e}"
+        ))
+    })
 }
 
 fn boolean(key: &str, value: &str) -> Result<bool, OptionError> {
@@ -114,15 +119,20 @@ fn boolean(key: &str, value: &str) -> Result<bool, OptionError> {
 }
 
 fn percent(key: &str, value: &str) -> Result<u64, OptionError> {
-    let v: u64 = value
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| OptionError(format!("devmapper: invalid value {value:?} for option {key}: expected a percentage")))?;
+    let v: u64 = value.trim_end_matches('%').parse().map_err(|_| {
+        OptionError(format!(
+            "devmapper: invalid value {value:?} for option {key}: expected a percentage"
+        ))
+    })?;
     if v >= 100 && (key == "dm.thinp_percent" || key == "dm.thinp_metapercent") {
-        return Err(OptionError(format!("{key} must be greater than 0 and less than 100")));
+        return Err(OptionError(format!(
+            "{key} must be greater than 0 and less than 100"
+        )));
     }
     if v > 100 {
-        return Err(OptionError(format!("{key} must be greater than 0 and less than 100")));
+        return Err(OptionError(format!(
+            "{key} must be greater than 0 and less than 100"
+        )));
     }
     Ok(v)
 }
@@ -135,7 +145,9 @@ impl DmStoreOptions {
         let mut lvm_given = false;
         for opt in options {
             let (key, value) = opt.split_once('=').ok_or_else(|| {
-                OptionError(format!("devmapper: option {opt:?} is not of the form key=value"))
+                OptionError(format!(
+                    "devmapper: option {opt:?} is not of the form key=value"
+                ))
             })?;
             let key = key.trim().to_ascii_lowercase();
             let value = value.trim();
@@ -148,7 +160,11 @@ impl DmStoreOptions {
                 "dm.loopmetadatasize" => o.loop_meta_size = size(&key, value)?,
                 "dm.fs" => match value {
                     "xfs" | "ext4" => o.fs = Some(value.to_string()),
-                    _ => return Err(OptionError(format!("devmapper: Unsupported filesystem {value}"))),
+                    _ => {
+                        return Err(OptionError(format!(
+                            "devmapper: Unsupported filesystem {value}"
+                        )));
+                    }
                 },
                 "dm.mkfsarg" => o.mkfs_args.push(value.to_string()),
                 "dm.mountopt" | "devicemapper.mountopt" => o.mount_opts.push(value.to_string()),
@@ -173,13 +189,19 @@ impl DmStoreOptions {
                 "dm.use_deferred_deletion" => o.use_deferred_deletion = Some(boolean(&key, value)?),
                 "dm.min_free_space" => {
                     let Some(num) = value.strip_suffix('%') else {
-                        return Err(OptionError("devmapper: Option dm.min_free_space requires % suffix".into()));
+                        return Err(OptionError(
+                            "devmapper: Option dm.min_free_space requires % suffix".into(),
+                        ));
                     };
-                    let pct: u32 = num
-                        .parse()
-                        .map_err(|_| OptionError(format!("devmapper: Invalid value {value} for option dm.min_free_space")))?;
+                    let pct: u32 = num.parse().map_err(|_| {
+                        OptionError(format!(
+                            "devmapper: Invalid value {value} for option dm.min_free_space"
+                        ))
+                    })?;
                     if pct >= 100 {
-                        return Err(OptionError(format!("devmapper: Invalid value {value} for option dm.min_free_space")));
+                        return Err(OptionError(format!(
+                            "devmapper: Invalid value {value} for option dm.min_free_space"
+                        )));
                     }
                     o.min_free_space_percent = pct;
                 }
@@ -212,17 +234,21 @@ impl DmStoreOptions {
                 }
                 "dm.libdm_log_level" => {
                     let level: u32 = value.parse().map_err(|_| {
-                        OptionError(format!("devmapper: invalid value {value:?} for option dm.libdm_log_level"))
+                        OptionError(format!(
+                            "devmapper: invalid value {value:?} for option dm.libdm_log_level"
+                        ))
                     })?;
                     if !(2..=7).contains(&level) {
-                        return Err(OptionError("dm.libdm_log_level must be in range [2,7]".into()));
+                        return Err(OptionError(
+                            "dm.libdm_log_level must be in range [2,7]".into(),
+                        ));
                     }
                     o.libdm_log_level = level;
                 }
                 "thinsnap.layout" => {
                     o.layout = match value {
-                        "docker" => Layout::Docker,
-                        "flat" => Layout::Flat,
+                        "docker" => Some(Layout::Docker),
+                        "flat" => Some(Layout::Flat),
                         _ => {
                             return Err(OptionError(format!(
                                 "invalid value {value:?} for option thinsnap.layout: expected docker or flat"
@@ -266,12 +292,15 @@ impl DmStoreOptions {
 
     /// Docker's rule: discard before delete by default only on loopback pools.
     pub fn do_blkdiscard(&self) -> bool {
-        self.blkdiscard.unwrap_or(self.data_device.is_none() && self.thin_pool_device.is_none())
+        self.blkdiscard
+            .unwrap_or(self.data_device.is_none() && self.thin_pool_device.is_none())
     }
 }
 
 /// Parses the per-layer options (`--storage-opt size=...`).
-pub fn parse_layer_size(opts: &std::collections::BTreeMap<String, String>) -> Result<Option<Bytes>, OptionError> {
+pub fn parse_layer_size(
+    opts: &std::collections::BTreeMap<String, String>,
+) -> Result<Option<Bytes>, OptionError> {
     let mut size_opt = None;
     for (k, v) in opts {
         match k.to_ascii_lowercase().as_str() {
@@ -299,7 +328,7 @@ mod tests {
         assert_eq!(o.block_size, Sectors(128));
         assert_eq!(o.min_free_space_percent, 10);
         assert!(o.do_blkdiscard());
-        assert_eq!(o.layout, Layout::Docker);
+        assert_eq!(o.layout, None);
     }
 
     #[test]
@@ -334,8 +363,16 @@ mod tests {
     fn errors_name_the_option() {
         let e = parse(&["dm.bogus=1"]).unwrap_err().0;
         assert_eq!(e, "devmapper: Unknown option dm.bogus");
-        assert_eq!(parse(&["dm.fs=btrfs"]).unwrap_err().0, "devmapper: Unsupported filesystem btrfs");
-        assert!(parse(&["dm.basesize=ten"]).unwrap_err().0.contains("dm.basesize"));
+        assert_eq!(
+            parse(&["dm.fs=btrfs"]).unwrap_err().0,
+            "devmapper: Unsupported filesystem btrfs"
+        );
+        assert!(
+            parse(&["dm.basesize=ten"])
+                .unwrap_err()
+                .0
+                .contains("dm.basesize")
+        );
         assert_eq!(
             parse(&["dm.min_free_space=10"]).unwrap_err().0,
             "devmapper: Option dm.min_free_space requires % suffix"
@@ -344,7 +381,12 @@ mod tests {
         assert!(parse(&["dm.blocksize=1000"]).unwrap_err().0.contains("64K"));
         assert!(parse(&["noequals"]).is_err());
         assert!(parse(&["dm.use_deferred_removal=maybe"]).is_err());
-        assert!(parse(&["dm.thinp_percent=95"]).unwrap_err().0.contains("directlvm_device"));
+        assert!(
+            parse(&["dm.thinp_percent=95"])
+                .unwrap_err()
+                .0
+                .contains("directlvm_device")
+        );
         assert!(
             parse(&["dm.directlvm_device=/dev/vdb", "dm.thinp_percent=95"])
                 .unwrap_err()
@@ -353,7 +395,13 @@ mod tests {
         );
         assert!(parse(&["dm.libdm_log_level=9"]).is_err());
         assert!(parse(&["thinsnap.layout=weird"]).is_err());
-        assert!(parse(&["dm.use_deferred_removal=false", "dm.use_deferred_deletion=true"]).is_err());
+        assert!(
+            parse(&[
+                "dm.use_deferred_removal=false",
+                "dm.use_deferred_deletion=true"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -60,11 +60,14 @@ impl Sidecar {
 
     /// Every layer record, by id; unreadable records are returned as errors
     /// by name so the caller can report them.
-    pub fn load_layers(&self) -> Result<(BTreeMap<String, LayerRecord>, Vec<String>), DevmapperError> {
+    pub fn load_layers(
+        &self,
+    ) -> Result<(BTreeMap<String, LayerRecord>, Vec<String>), DevmapperError> {
         let dir = self.dir.join("layers");
         let mut out = BTreeMap::new();
         let mut broken = Vec::new();
-        let entries = fs::read_dir(&dir).map_err(|e| DevmapperError::io(format!("listing {}", dir.display()), e))?;
+        let entries = fs::read_dir(&dir)
+            .map_err(|e| DevmapperError::io(format!("listing {}", dir.display()), e))?;
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             let Some(id) = name.strip_suffix(".json") else {
@@ -90,7 +93,8 @@ impl Sidecar {
 
     pub fn remove_layer(&self, id: &str) -> Result<(), DevmapperError> {
         let p = self.layer_path(id);
-        fsutil::remove_durable(&p).map_err(|e| DevmapperError::io(format!("removing {}", p.display()), e))
+        fsutil::remove_durable(&p)
+            .map_err(|e| DevmapperError::io(format!("removing {}", p.display()), e))
     }
 }
 
@@ -106,5 +110,6 @@ fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Devmappe
 
 fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), DevmapperError> {
     let bytes = serde_json::to_vec(value).map_err(|e| DevmapperError::Other(e.to_string()))?;
-    fsutil::atomic_write(path, &bytes, 0o600).map_err(|e| DevmapperError::io(format!("writing {}", path.display()), e))
+    fsutil::atomic_write(path, &bytes, 0o600)
+        .map_err(|e| DevmapperError::io(format!("writing {}", path.display()), e))
 }
