@@ -5,6 +5,8 @@ mod container;
 mod doctor;
 pub mod image;
 mod layer;
+mod lifecycle;
+mod metadata;
 mod serve;
 mod snapshots;
 mod status;
@@ -60,6 +62,21 @@ pub enum Command {
     Doctor(doctor::DoctorArgs),
     /// Show the store's driver, why it was chosen, and the driver's status.
     Status(status::StatusArgs),
+    /// Open (creating on first use) the store: pool and base device for devicemapper.
+    Init(lifecycle::InitArgs),
+    /// List the store's layers.
+    Ls(lifecycle::LsArgs),
+    /// Create a layer (a thin snapshot of its parent on devicemapper).
+    Create(lifecycle::CreateArgs),
+    /// Mount a layer and print the path of its root (stays mounted until `umount`).
+    Mount(lifecycle::MountArgs),
+    /// Release a layer mounted with `mount`.
+    Umount(lifecycle::UmountArgs),
+    /// Unmount everything and release kernel resources (the store stays).
+    Cleanup(lifecycle::CleanupArgs),
+    /// Docker metadata files of a devicemapper store.
+    #[command(subcommand)]
+    Metadata(metadata::MetadataCommand),
     /// Import layer tars as a chain of layers (one per tar, bottom first) and print their ids.
     Import(image::ImportArgs),
     /// Write a layer's changes against its parent as an OCI layer tar to stdout.
@@ -103,6 +120,13 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, Box<dyn std::error::E
     match cli.command {
         Command::Doctor(args) => doctor::run(&cli.global, &args),
         Command::Status(args) => status::run(&cli.global, &args),
+        Command::Init(args) => lifecycle::init(&cli.global, &args),
+        Command::Ls(args) => lifecycle::ls(&cli.global, &args),
+        Command::Create(args) => lifecycle::create(&cli.global, &args),
+        Command::Mount(args) => lifecycle::mount(&cli.global, &args),
+        Command::Umount(args) => lifecycle::umount(&cli.global, &args),
+        Command::Cleanup(args) => lifecycle::cleanup(&cli.global, &args),
+        Command::Metadata(cmd) => metadata::run(&cli.global, &cmd),
         Command::Import(args) => image::run(&cli.global, &args),
         Command::Diff(args) => layer::diff(&cli.global, &args),
         Command::Apply(args) => layer::apply(&cli.global, &args),

@@ -23,6 +23,9 @@ struct Report {
     reason: String,
     warnings: Vec<String>,
     status: Vec<(String, String)>,
+    /// The driver's numbers (devicemapper: bytes and counts, not text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw: Option<serde_json::Value>,
 }
 
 pub fn run(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -36,6 +39,11 @@ pub fn run(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode, Box<dyn s
         reason: choice.reason.clone(),
         warnings: choice.warnings(),
         status: driver.status()?,
+        raw: if args.json {
+            Some(driver.status_json()?)
+        } else {
+            None
+        },
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -67,6 +75,7 @@ mod tests {
             reason: "auto: overlay is in the kernel".into(),
             warnings: vec!["layers stored by vfs are not visible to overlay2".into()],
             status: vec![("Backing Filesystem".into(), "xfs".into())],
+            raw: None,
         };
         assert_eq!(
             render(&r),

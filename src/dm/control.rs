@@ -264,11 +264,11 @@ impl DmControl {
         self.dm
             .target_msg(&id, Some(0), msg)
             .map(|(_, reply)| reply)
-            .map_err(|source| DmError::Ioctl {
+            .map_err(|cause| DmError::Ioctl {
                 op: "message",
                 device: format!("{name} ({msg:?})"),
-                errno: super::error::errno_of(&source),
-                source,
+                errno: super::error::errno_of(&cause),
+                cause,
             })
     }
 

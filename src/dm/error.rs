@@ -25,14 +25,15 @@ pub enum DmError {
     NoThinTarget,
 
     /// An ioctl failed; keeps the operation, the device and the errno.
-    #[error("device-mapper {op} on {device} failed: {}", describe(.errno, .source))]
+    #[error("device-mapper {op} on {device} failed: {}", describe(.errno, .cause))]
     Ioctl {
         op: &'static str,
         device: String,
         /// The kernel's errno when the ioctl itself failed.
         errno: Option<Errno>,
-        #[source]
-        source: devicemapper::DmError,
+        /// The crate's error (its text dumps ioctl headers, so it is not
+        /// chained as a source; `describe` uses it only without an errno).
+        cause: devicemapper::DmError,
     },
 
     /// A device name device-mapper cannot take.
@@ -73,10 +74,10 @@ pub enum DmError {
     },
 }
 
-fn describe(errno: &Option<Errno>, source: &devicemapper::DmError) -> String {
+fn describe(errno: &Option<Errno>, cause: &devicemapper::DmError) -> String {
     match errno {
         Some(e) => format!("{} ({})", e.desc(), e),
-        None => source.to_string(),
+        None => cause.to_string(),
     }
 }
 
@@ -114,10 +115,10 @@ pub fn ioctl<'a>(
     op: &'static str,
     device: &'a str,
 ) -> impl FnOnce(devicemapper::DmError) -> DmError + 'a {
-    move |source| DmError::Ioctl {
+    move |cause| DmError::Ioctl {
         op,
         device: device.to_string(),
-        errno: errno_of(&source),
-        source,
+        errno: errno_of(&cause),
+        cause,
     }
 }

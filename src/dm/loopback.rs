@@ -13,10 +13,30 @@ use super::error::{DmError, DmResult};
 use crate::units::Bytes;
 
 /// A loop device attached to a backing file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A loop attached with autoclear detaches as soon as its last opener
+/// closes it, so a freshly attached loop keeps its own handle open until
+/// the pool table takes a reference (keep the `Loop` alive until then).
+#[derive(Clone)]
 pub struct Loop {
     pub path: PathBuf,
     pub devno: DevNo,
+    _hold: Option<std::sync::Arc<LoopDevice>>,
+}
+
+impl std::fmt::Debug for Loop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loop")
+            .field("path", &self.path)
+            .field("devno", &self.devno)
+            .finish()
+    }
+}
+
+impl PartialEq for Loop {
+    fn eq(&self, other: &Loop) -> bool {
+        self.path == other.path && self.devno == other.devno
+    }
 }
 
 /// Creates `file` sparse at `size`, or grows it to `size`; never shrinks.
@@ -93,6 +113,7 @@ fn loop_from_sys(name: &str) -> DmResult<Loop> {
     Ok(Loop {
         path: PathBuf::from(format!("/dev/{name}")),
         devno,
+        _hold: None,
     })
 }
 
@@ -122,7 +143,11 @@ pub fn attach(file: &Path) -> DmResult<Loop> {
                         .minor()
                         .map_err(|e| DmError::io("reading minor of", &path, e))?,
                 };
-                return Ok(Loop { path, devno });
+                return Ok(Loop {
+                    path,
+                    devno,
+                    _hold: Some(std::sync::Arc::new(ld)),
+                });
             }
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => last = Some(e),
             Err(e) => return Err(DmError::io("attaching loop device to", file, e)),

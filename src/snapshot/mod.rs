@@ -128,6 +128,17 @@ pub trait Driver: Send + Sync {
     /// Diagnostic key/value pairs in display order (`docker info`).
     fn status(&self) -> Result<Vec<(String, String)>>;
 
+    /// `status` as JSON. Backends whose lines come from numbers
+    /// (devicemapper) return the raw numbers instead of formatted text.
+    fn status_json(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::Value::Object(
+            self.status()?
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect(),
+        ))
+    }
+
     /// Low-level facts about one layer (devicemapper: `DeviceId`,
     /// `DeviceSize`, `DeviceName`; union backends: directories).
     fn metadata(&self, id: &LayerId) -> Result<BTreeMap<String, String>>;

@@ -212,26 +212,34 @@ impl Resources {
 }
 
 fn cleanup(leaks: &Resources, note: &mut impl FnMut(String)) {
-    // Deepest mounts first.
+    // Deepest mounts first; a plain unmount, then a lazy one if busy.
     let mut mounts: Vec<&String> = leaks.mounts.iter().collect();
     mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
     for m in mounts {
-        if let Err(e) = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH) {
+        if nix::mount::umount2(m.as_str(), nix::mount::MntFlags::empty()).is_err()
+            && let Err(e) = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH)
+        {
             note(format!("umount {m}: {e}"));
         }
     }
-    // Thin devices before pools: retry a few rounds until nothing is removable.
+    // Devices that others are stacked on (pools) go last: removing a pool
+    // under an open thin device can hang on queued I/O.
+    let mut dm: Vec<&String> = leaks.dm.iter().collect();
+    dm.sort_by_key(|d| (has_holders(d), d.to_string()));
     for _ in 0..4 {
         let mut left = 0;
-        for d in &leaks.dm {
-            if Path::new("/dev/mapper").join(d).exists() || dm_exists(d) {
-                let out = Command::new("dmsetup")
-                    .args(["remove", "--force", d])
-                    .env("DM_DISABLE_UDEV", "1")
-                    .output();
-                if !matches!(out, Ok(ref o) if o.status.success()) {
-                    left += 1;
-                }
+        for d in &dm {
+            if !dm_exists(d) {
+                continue;
+            }
+            let removed =
+                run_with_timeout(Command::new("dmsetup").args(["remove", d.as_str()]), 10)
+                    || run_with_timeout(
+                        Command::new("dmsetup").args(["remove", "--force", d.as_str()]),
+                        10,
+                    );
+            if !removed {
+                left += 1;
             }
         }
         if left == 0 {
@@ -239,15 +247,48 @@ fn cleanup(leaks: &Resources, note: &mut impl FnMut(String)) {
         }
     }
     for l in &leaks.loops {
-        let _ = Command::new("losetup").args(["-d", l]).output();
+        let _ = run_with_timeout(Command::new("losetup").args(["-d", l.as_str()]), 10);
+    }
+}
+
+/// True when another dm device sits on top of `name` (/sys/block/dm-N/holders).
+fn has_holders(name: &str) -> bool {
+    let Ok(entries) = fs::read_dir("/sys/block") else {
+        return false;
+    };
+    for e in entries.flatten() {
+        if fs::read_to_string(e.path().join("dm/name")).is_ok_and(|n| n.trim() == name) {
+            return fs::read_dir(e.path().join("holders")).is_ok_and(|mut h| h.next().is_some());
+        }
+    }
+    false
+}
+
+/// Runs a clean-up tool, killing it after `secs`; true when it succeeded.
+fn run_with_timeout(cmd: &mut Command, secs: u64) -> bool {
+    let Ok(mut child) = cmd
+        .env("DM_DISABLE_UDEV", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        return false;
+    };
+    let started = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if started.elapsed() > Duration::from_secs(secs) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(_) => return false,
+        }
     }
 }
 
 fn dm_exists(name: &str) -> bool {
-    Command::new("dmsetup")
-        .args(["info", name])
-        .env("DM_DISABLE_UDEV", "1")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    run_with_timeout(Command::new("dmsetup").args(["info", name]), 10)
 }

@@ -184,8 +184,14 @@ pub fn run_job(
 
     let mut relay = Relay::new(&job_dir, job.steps.len());
     let mut infra_error = None;
+    install_interrupt_handler();
     loop {
         relay.pump();
+        if INTERRUPTED.load(std::sync::atomic::Ordering::Relaxed) {
+            // Unwind normally so the guard kills qemu and removes the job dir.
+            infra_error = Some("interrupted (SIGINT/SIGTERM); the VM was stopped".to_string());
+            break;
+        }
         let child = guard.child.as_mut().expect("child set above");
         if let Some(status) = child.try_wait()? {
             relay.pump();
@@ -253,6 +259,29 @@ pub fn run_job(
     }
     drop(guard);
     Ok(outcome)
+}
+
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// SIGINT/SIGTERM set a flag the wait loop checks, so the runner cleans up
+/// (qemu, job directory, disk images) instead of dying mid-way.
+fn install_interrupt_handler() {
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(on_interrupt),
+        nix::sys::signal::SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        // SAFETY: the handler only stores to an atomic.
+        let _ = unsafe { nix::sys::signal::sigaction(sig, &action) };
+    }
 }
 
 fn print_tail(path: &Path, lines: usize) {

@@ -92,6 +92,11 @@ impl Driver for DevmapperDriver {
         Ok(status::lines(&status::report(&self.set)?))
     }
 
+    fn status_json(&self) -> Result<serde_json::Value> {
+        let r = status::report(&self.set)?;
+        serde_json::to_value(r).map_err(|e| SnapshotError::invalid(e.to_string()))
+    }
+
     fn metadata(&self, id: &LayerId) -> Result<BTreeMap<String, String>> {
         let info = self
             .set
