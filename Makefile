@@ -61,7 +61,7 @@ $(VM):
 demo: setup
 	$(CARGO) build --quiet --bins
 	$(THINSNAP) doctor || true
-	$(VM) script fixtures/demo.steps --no-leak-check --keep-going
+	$(VM) script fixtures/demo.steps --no-leak-check
 
 clean:
 	$(CARGO) clean

@@ -50,8 +50,13 @@ pub fn run(job_file: &Path) -> i32 {
                 result.leaks = leaks.describe();
             }
         }
+        let failed = !result.passed();
         let bytes = serde_json::to_vec_pretty(&result).unwrap_or_default();
         let _ = fs::write(dir.join(job::step_result(i)), bytes);
+        if failed && job.stop_on_failure {
+            note(format!("step {} failed; stopping", step.name));
+            break;
+        }
     }
     let _ = fs::write(dir.join(job::DONE_FILE), b"done\n");
     nix::unistd::sync();

@@ -17,6 +17,9 @@ pub struct Job {
     pub steps: Vec<Step>,
     /// Fail a step that leaves a dm device, loop device or mount behind.
     pub check_leaks: bool,
+    /// Stop after the first failed step (scripts); tests run every step.
+    #[serde(default)]
+    pub stop_on_failure: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -84,7 +84,8 @@ struct RunOpts {
     /// Do not fail steps that leave dm devices, loop devices or mounts behind.
     #[arg(long)]
     no_leak_check: bool,
-    /// Keep going after a failed step (script mode); default for `test`.
+    /// Run the remaining steps after one fails (script and run modes stop;
+    /// `test` always runs every test binary).
     #[arg(long)]
     keep_going: bool,
 }
@@ -104,10 +105,10 @@ fn main() -> ExitCode {
         },
         Cmd::Run { opts, argv } => {
             let step = make_step(&opts, argv.join(" "), argv);
-            run(&opts, vec![step])
+            run(&opts, vec![step], !opts.keep_going)
         }
         Cmd::Script { file, opts } => match read_script(&file, &opts) {
-            Ok(steps) => run(&opts, steps),
+            Ok(steps) => run(&opts, steps, !opts.keep_going),
             Err(e) => fail(&e),
         },
         Cmd::Test {
@@ -125,7 +126,7 @@ fn main() -> ExitCode {
                         make_step(&opts, name, argv)
                     })
                     .collect();
-                run(&opts, steps)
+                run(&opts, steps, false)
             }
             Err(e) => fail(&e),
         },
@@ -178,7 +179,7 @@ fn read_script(file: &Path, opts: &RunOpts) -> Result<Vec<Step>, String> {
     Ok(steps)
 }
 
-fn run(opts: &RunOpts, steps: Vec<Step>) -> ExitCode {
+fn run(opts: &RunOpts, steps: Vec<Step>, stop_on_failure: bool) -> ExitCode {
     let (kernel, initrd) = match kernel::prepare() {
         Ok(v) => v,
         Err(e) => return fail(&e),
@@ -201,6 +202,7 @@ fn run(opts: &RunOpts, steps: Vec<Step>) -> ExitCode {
     let job = Job {
         steps,
         check_leaks: !opts.no_leak_check,
+        stop_on_failure,
     };
     eprintln!(
         "thinsnap-vm: booting {} ({}, {} MiB, {} CPUs) for {} step(s)",
