@@ -131,3 +131,136 @@ impl Drop for LoopFs {
         }
     }
 }
+
+/// Small pool sizes for dm-thin tests in the VM (sparse files on tmpfs).
+pub const DM_TEST_OPTS: &[&str] = &[
+    "dm.loopdatasize=2G",
+    "dm.loopmetadatasize=64M",
+    "dm.basesize=512M",
+];
+
+/// A devicemapper store in a temp dir. Dropping it (panic or not) unmounts
+/// every layer, removes every dm device and the pool; the loop devices
+/// detach by themselves.
+pub struct DmStore {
+    pub dir: tempfile::TempDir,
+    pub opts: Vec<String>,
+    pub driver: Option<thinsnap::backend::devmapper::DevmapperDriver>,
+}
+
+impl DmStore {
+    /// A fresh store with `DM_TEST_OPTS` plus `extra` (later options win).
+    pub fn new(extra: &[&str]) -> DmStore {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let opts: Vec<String> = DM_TEST_OPTS
+            .iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect();
+        let driver = thinsnap::backend::devmapper::DevmapperDriver::open(dir.path(), &opts)
+            .unwrap_or_else(|e| panic!("opening a devicemapper store: {e}"));
+        DmStore {
+            dir,
+            opts,
+            driver: Some(driver),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn driver(&self) -> &thinsnap::backend::devmapper::DevmapperDriver {
+        self.driver.as_ref().expect("store is open")
+    }
+
+    /// Drops the driver without clean-up (what a process exit does: mounts,
+    /// dm devices and the pool stay) and opens the store again with `opts`.
+    pub fn reopen_with(
+        &mut self,
+        opts: &[&str],
+    ) -> thinsnap::snapshot::Result<&thinsnap::backend::devmapper::DevmapperDriver> {
+        self.driver = None;
+        let d = thinsnap::backend::devmapper::DevmapperDriver::open(
+            self.dir.path(),
+            &opts.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )?;
+        self.driver = Some(d);
+        Ok(self.driver())
+    }
+
+    /// Reopens with no options (a restart that does not resize anything).
+    pub fn reopen(&mut self) -> &thinsnap::backend::devmapper::DevmapperDriver {
+        self.reopen_with(&[])
+            .unwrap_or_else(|e| panic!("reopening: {e}"))
+    }
+
+    /// Thin ids the pool holds (from its metadata) and the ids the metadata
+    /// files name, and the pool's and transaction file's transaction ids.
+    pub fn consistency(&self) -> (Vec<u32>, Vec<u32>, u64, Option<u64>) {
+        let set = self.driver().device_set();
+        let mut pool_ids: Vec<u32> = set
+            .thin_usage()
+            .expect("thin_ls")
+            .iter()
+            .map(|u| u.id)
+            .collect();
+        pool_ids.sort();
+        let mut meta_ids: Vec<u32> = set.devices().iter().map(|d| d.device_id).collect();
+        meta_ids.sort();
+        let pool_tid = set.pool_status().expect("pool status").transaction_id;
+        let txn = std::fs::read(
+            self.root()
+                .join("devicemapper/metadata/transaction-metadata"),
+        )
+        .ok()
+        .map(|b| {
+            serde_json::from_slice::<serde_json::Value>(&b)
+                    .expect("transaction-metadata is JSON")["open_transaction_id"]
+                    .as_u64()
+                    .expect("open_transaction_id")
+        });
+        (pool_ids, meta_ids, pool_tid, txn)
+    }
+
+    /// Asserts pool and metadata agree (ids and transaction id).
+    pub fn assert_consistent(&self) {
+        let (pool_ids, meta_ids, pool_tid, txn) = self.consistency();
+        assert_eq!(
+            pool_ids, meta_ids,
+            "thin ids in the pool vs the metadata files"
+        );
+        if let Some(t) = txn {
+            assert_eq!(
+                t, pool_tid,
+                "transaction-metadata vs the pool's transaction id"
+            );
+        }
+        for d in self.driver().device_set().devices() {
+            assert!(
+                d.transaction_id <= pool_tid,
+                "device {} has transaction id {} above the pool's {pool_tid}",
+                d.hash,
+                d.transaction_id
+            );
+        }
+    }
+}
+
+impl Drop for DmStore {
+    fn drop(&mut self) {
+        let driver = match self.driver.take() {
+            Some(d) => Some(d),
+            None => {
+                thinsnap::backend::devmapper::DevmapperDriver::open(self.dir.path(), &self.opts)
+                    .ok()
+            }
+        };
+        if let Some(d) = driver {
+            use thinsnap::snapshot::Driver;
+            if let Err(e) = d.cleanup() {
+                eprintln!("DmStore clean-up: {e}");
+            }
+        }
+    }
+}
