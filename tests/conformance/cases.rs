@@ -180,20 +180,20 @@ pub fn create_empty(ctx: &mut Ctx) {
 }
 
 pub fn create_base(ctx: &mut Ctx) {
-    create_base_layer(ctx.d(), "base");
-    verify_base(ctx.d(), "base");
+    create_base_layer(ctx.d(), "baselayer");
+    verify_base(ctx.d(), "baselayer");
 }
 
 pub fn create_snap(ctx: &mut Ctx) {
     let d = ctx.d();
-    create_base_layer(d, "base");
-    create(d, "snap", Some("base"));
-    assert_eq!(d.parent(&id("snap")).unwrap(), Some(id("base")));
+    create_base_layer(d, "baselayer");
+    create(d, "snap", Some("baselayer"));
+    assert_eq!(d.parent(&id("snap")).unwrap(), Some(id("baselayer")));
     if child_mount_refused(ctx, "snap") {
         return;
     }
     verify_base(d, "snap");
-    assert_eq!(d.parent(&id("snap")).unwrap(), Some(id("base")));
+    assert_eq!(d.parent(&id("snap")).unwrap(), Some(id("baselayer")));
 }
 
 pub fn basic_api_errors(ctx: &mut Ctx) {
@@ -341,9 +341,9 @@ pub fn depth_limit(ctx: &mut Ctx) {
 
 pub fn cow_isolation_of_siblings(ctx: &mut Ctx) {
     let d = ctx.d();
-    layer_with_file(d, "base", "etc", "shared", b"base");
-    create(d, "a", Some("base"));
-    create(d, "b", Some("base"));
+    layer_with_file(d, "baselayer", "etc", "shared", b"baselayer");
+    create(d, "a", Some("baselayer"));
+    create(d, "b", Some("baselayer"));
     if child_mount_refused(ctx, "a") {
         return;
     }
@@ -354,7 +354,7 @@ pub fn cow_isolation_of_siblings(ctx: &mut Ctx) {
     with_layer(d, "b", |root| {
         assert_eq!(
             fs::read(root.join("etc/shared")).unwrap(),
-            b"base",
+            b"baselayer",
             "sibling b unaffected"
         );
         assert!(!root.join("only-a").exists());
@@ -363,10 +363,10 @@ pub fn cow_isolation_of_siblings(ctx: &mut Ctx) {
     with_layer(d, "a", |root| {
         assert_eq!(fs::read(root.join("etc/shared")).unwrap(), b"written by a");
     });
-    with_layer(d, "base", |root| {
+    with_layer(d, "baselayer", |root| {
         assert_eq!(
             fs::read(root.join("etc/shared")).unwrap(),
-            b"base",
+            b"baselayer",
             "parent unaffected"
         );
     });
@@ -514,8 +514,8 @@ pub fn whiteouts_through_tars_only(ctx: &mut Ctx) {
 
 pub fn rename_of_lower_file(ctx: &mut Ctx) {
     let d = ctx.d();
-    layer_with_file(d, "base", "dir", "f", b"data");
-    create(d, "child", Some("base"));
+    layer_with_file(d, "baselayer", "dir", "f", b"data");
+    create(d, "child", Some("baselayer"));
     if child_mount_refused(ctx, "child") {
         return;
     }
@@ -524,7 +524,7 @@ pub fn rename_of_lower_file(ctx: &mut Ctx) {
         assert_eq!(fs::read(root.join("dir/g")).unwrap(), b"data");
         assert!(!root.join("dir/f").exists());
     });
-    with_layer(d, "base", |root| {
+    with_layer(d, "baselayer", |root| {
         assert_eq!(fs::read(root.join("dir/f")).unwrap(), b"data");
         assert!(!root.join("dir/g").exists());
     });
@@ -536,8 +536,8 @@ pub fn rename_of_lower_file(ctx: &mut Ctx) {
 
 pub fn rename_of_lower_dir(ctx: &mut Ctx) {
     let d = ctx.d();
-    layer_with_file(d, "base", "dir", "f", b"data");
-    create(d, "child", Some("base"));
+    layer_with_file(d, "baselayer", "dir", "f", b"data");
+    create(d, "child", Some("baselayer"));
     if child_mount_refused(ctx, "child") {
         return;
     }
@@ -701,8 +701,8 @@ pub fn changes_against_parent(ctx: &mut Ctx) {
         .dir("untouched", 0o755)
         .file("untouched/f", b"")
         .finish();
-    layer_from_tar(d, "base", None, &tar);
-    create(d, "child", Some("base"));
+    layer_from_tar(d, "baselayer", None, &tar);
+    create(d, "child", Some("baselayer"));
     if child_mount_refused(ctx, "child") {
         return;
     }
@@ -726,11 +726,11 @@ pub fn changes_against_parent(ctx: &mut Ctx) {
         ]
     );
     assert_eq!(
-        change_list(d, "child", Some("base")),
+        change_list(d, "child", Some("baselayer")),
         got,
         "explicit parent = recorded parent"
     );
-    let all = change_list(d, "base", None);
+    let all = change_list(d, "baselayer", None);
     assert!(
         all.iter().all(|c| c.starts_with("A ")),
         "no parent: all additions: {all:?}"
@@ -749,14 +749,14 @@ pub fn diff_size(ctx: &mut Ctx) {
     let d = ctx.d();
     layer_from_tar(
         d,
-        "base",
+        "baselayer",
         None,
         &TarBuild::new()
             .file("small", b"abc")
             .file("gone", b"xyz")
             .finish(),
     );
-    create(d, "child", Some("base"));
+    create(d, "child", Some("baselayer"));
     if child_mount_refused(ctx, "child") {
         return;
     }
@@ -766,7 +766,7 @@ pub fn diff_size(ctx: &mut Ctx) {
         fs::remove_file(root.join("gone")).unwrap();
     });
     assert_eq!(d.diff_size(&id("child"), None).unwrap(), 10_000 + 6);
-    assert_eq!(d.diff_size(&id("base"), None).unwrap(), 6);
+    assert_eq!(d.diff_size(&id("baselayer"), None).unwrap(), 6);
 }
 
 // --- containers ----------------------------------------------------------------------
@@ -965,15 +965,15 @@ pub fn cleanup_leaves_no_mounts(ctx: &mut Ctx) {
 
 pub fn incomplete_layer_unusable(ctx: &mut Ctx) {
     let d = ctx.d();
-    create(d, "base", None);
+    create(d, "baselayer", None);
     let full = TarBuild::new()
         .file("big", &vec![1u8; 100_000])
         .file("after", b"x")
         .finish();
     let cut = &full[..full.len() / 2];
-    create(d, "half", Some("base"));
+    create(d, "half", Some("baselayer"));
     let err = d
-        .apply_diff(&id("half"), Some(&id("base")), &mut &cut[..])
+        .apply_diff(&id("half"), Some(&id("baselayer")), &mut &cut[..])
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "truncated tar: {err}");
     assert!(d.exists(&id("half")));
@@ -1008,7 +1008,7 @@ pub fn incomplete_layer_unusable(ctx: &mut Ctx) {
         "after reopen",
     );
     d.remove(&id("half")).unwrap();
-    layer_from_tar(d, "half", Some("base"), &full);
+    layer_from_tar(d, "half", Some("baselayer"), &full);
     if child_mount_refused(ctx, "half") {
         let names = tarbuild::names(&diff(d, "half", None));
         assert!(names.contains(&"after".to_string()), "{names:?}");

@@ -50,6 +50,7 @@ pub const FAILPOINTS: &[&str] = &[
     "devmapper.create.after_sidecar",
     "devmapper.create.after_file",
     "devmapper.create.after_commit",
+    "devmapper.remove.after_mark",
     "devmapper.remove.after_deactivate",
     "devmapper.remove.after_txn",
     "devmapper.remove.after_delete",
@@ -954,10 +955,10 @@ impl DeviceSet {
         let (info, grow_to) = {
             let mut st = self.state();
             if let Some(d) = st.devices.get(hash) {
-                return Err(DevmapperError::Other(format!(
-                    "device {hash} already exists. Deleted={}",
-                    d.deleted
-                )));
+                return Err(DevmapperError::AlreadyExists {
+                    id: hash.to_string(),
+                    deleted: d.deleted,
+                });
             }
             let Some(origin) = st.devices.get(parent_hash).copied() else {
                 return Err(DevmapperError::UnknownDevice(parent_hash.to_string()));
@@ -969,9 +970,7 @@ impl DeviceSet {
                 )));
             }
             if st.layers.get(parent_hash).is_some_and(|r| r.incomplete) {
-                return Err(DevmapperError::Other(format!(
-                    "layer {parent_hash} is incomplete (an interrupted write); it cannot be a parent until it is removed"
-                )));
+                return Err(DevmapperError::Incomplete(parent_hash.to_string()));
             }
             let size = match requested {
                 Some(s) if s.0 < origin.size => {
@@ -1125,13 +1124,18 @@ impl DeviceSet {
         let id =
             ThinId::new(info.device_id as u64).map_err(|e| DevmapperError::Other(e.to_string()))?;
         let name = self.device_name(hash);
-        if self.opts.do_blkdiscard()
-            && !info.deleted
-            && let Ok(dev) = self.activate(hash, &info)
-            && self.ctl.info(&name)?.is_some_and(|s| s.open_count == 0)
-            && let Err(e) = dm::block::discard_all(&dev)
-        {
-            tracing::debug!(error = %e, "discard before delete failed (ignored)");
+        if self.opts.do_blkdiscard() && !info.deleted {
+            // Discarding destroys the data, so from here on the removal must
+            // finish: the device is durably marked deleted first, and a crash
+            // is completed at the next start by the deferred-deletion retry.
+            self.mark_deleted(hash, info)?;
+            fp("devmapper.remove.after_mark")?;
+            if let Ok(dev) = self.activate(hash, &info)
+                && self.ctl.info(&name)?.is_some_and(|s| s.open_count == 0)
+                && let Err(e) = dm::block::discard_all(&dev)
+            {
+                tracing::debug!(error = %e, "discard before delete failed (ignored)");
+            }
         }
         let deferred = self.deferred_deletion && !sync;
         if let Err(e) = dm::thin::deactivate(&self.ctl, &name, deferred) {
@@ -1194,6 +1198,19 @@ impl DeviceSet {
         Ok(())
     }
 
+    /// Durably marks a device deleted: invisible to users from now on, and
+    /// deleted from the pool by the next retry if this removal stops.
+    fn mark_deleted(&self, hash: &str, info: DevInfo) -> Res<()> {
+        let mut st = self.state();
+        let marked = DevInfo {
+            deleted: true,
+            ..info
+        };
+        self.store.save_device(hash, &marked)?;
+        st.devices.insert(hash.to_string(), marked);
+        Ok(())
+    }
+
     /// Retries devices marked for deferred deletion; returns how many went.
     pub fn retry_deferred_deletions(&self) -> usize {
         let pending: Vec<String> = self
@@ -1221,9 +1238,12 @@ impl DeviceSet {
             return Ok(false);
         };
         let name = self.device_name(hash);
-        if self.ctl.info(&name)?.is_some() {
+        match self.ctl.info(&name)? {
             // Still held: the deferred remove has not completed.
-            return Ok(false);
+            Some(s) if s.open_count > 0 => return Ok(false),
+            // Left active by a crash between the mark and the delete.
+            Some(_) => dm::thin::deactivate(&self.ctl, &name, false)?,
+            None => {}
         }
         let id =
             ThinId::new(info.device_id as u64).map_err(|e| DevmapperError::Other(e.to_string()))?;
@@ -1282,7 +1302,7 @@ impl DeviceSet {
                 )));
             }
             if st.layers.get(hash).is_some_and(|r| r.incomplete) {
-                return Err(DevmapperError::Other(format!("layer {hash} is incomplete")));
+                return Err(DevmapperError::Incomplete(hash.to_string()));
             }
             if let Some(n) = st.refs.get_mut(hash)
                 && *n > 0
@@ -1430,6 +1450,33 @@ impl DeviceSet {
         }
     }
 
+    /// Inodes in use in `hash`'s filesystem (the base device for `""`),
+    /// read from the mount if it is mounted, else from a short private mount.
+    pub fn used_inodes(&self, hash: &str) -> Res<u64> {
+        let count = |p: &Path| -> Res<u64> {
+            let s = nix::sys::statvfs::statvfs(p)
+                .map_err(|e| DevmapperError::io(format!("statvfs {}", p.display()), e.into()))?;
+            Ok(s.files().saturating_sub(s.files_free()))
+        };
+        let lock = self.layer_lock(hash);
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mp = self.mount_path(hash);
+        if !hash.is_empty() && mounts::is_mount_point(&mp) {
+            return count(&mp);
+        }
+        let Some(info) = self.device_info(hash) else {
+            return Err(DevmapperError::UnknownDevice(hash.to_string()));
+        };
+        let name = self.device_name(hash);
+        let was_active = self.ctl.info(&name)?.is_some();
+        let dev = self.activate(hash, &info)?;
+        let n = self.with_temp_mount(hash, &dev, count);
+        if !was_active {
+            self.deactivate(hash)?;
+        }
+        n
+    }
+
     /// Makes sure the device is active for someone else to mount; returns
     /// its node and filesystem type.
     pub fn prepare_device(&self, hash: &str) -> Res<(PathBuf, String)> {
@@ -1439,7 +1486,7 @@ impl DeviceSet {
             return Err(DevmapperError::UnknownDevice(hash.to_string()));
         };
         if self.layer_record(hash).is_some_and(|r| r.incomplete) {
-            return Err(DevmapperError::Other(format!("layer {hash} is incomplete")));
+            return Err(DevmapperError::Incomplete(hash.to_string()));
         }
         let dev = self.activate(hash, &info)?;
         let fstype = thinfs::probe(&dev)?.unwrap_or("unknown").to_string();

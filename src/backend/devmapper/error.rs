@@ -74,6 +74,12 @@ pub enum DevmapperError {
     #[error("devmapper: Unable to find a free device ID")]
     NoFreeId,
 
+    #[error("devmapper: device {id} already exists. Deleted={deleted}")]
+    AlreadyExists { id: String, deleted: bool },
+
+    #[error("layer {0} is incomplete (an interrupted write); remove it")]
+    Incomplete(String),
+
     #[error("{detail}")]
     Busy { id: String, detail: String },
 
@@ -127,6 +133,8 @@ impl DevmapperError {
             }
             DevmapperError::UnknownDevice(_) => ErrorKind::NotFound,
             DevmapperError::Busy { .. } => ErrorKind::Busy,
+            DevmapperError::Incomplete(_) => ErrorKind::Incomplete,
+            DevmapperError::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             DevmapperError::HasChildren { .. } => ErrorKind::HasChildren,
             DevmapperError::UuidMismatch { .. }
             | DevmapperError::TransactionMismatch { .. }
@@ -149,6 +157,17 @@ impl From<DevmapperError> for SnapshotError {
                 return SnapshotError::HasChildren { id, children };
             }
             DevmapperError::UnknownDevice(id) => return SnapshotError::NotFound { id },
+            DevmapperError::Incomplete(id) => return SnapshotError::Incomplete { id },
+            DevmapperError::AlreadyExists { id, deleted } => {
+                return SnapshotError::AlreadyExists {
+                    detail: if deleted {
+                        "it is marked for deferred deletion (Deleted=true) and goes away once nothing holds it".into()
+                    } else {
+                        String::new()
+                    },
+                    id,
+                };
+            }
             _ => {}
         }
         match kind {

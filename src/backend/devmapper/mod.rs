@@ -150,9 +150,19 @@ impl Driver for DevmapperDriver {
             .find(|u| u.id == info.device_id)
             .map(|u| u.exclusive_blocks)
             .unwrap_or(0);
+        // Inodes this layer added over its parent (the base device for a
+        // layer without a recorded parent).
+        let parent = self
+            .set
+            .layer_record(id.as_str())
+            .and_then(|r| r.parent)
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let own = self.set.used_inodes(id.as_str())?;
+        let below = self.set.used_inodes(&parent)?;
         Ok(Usage {
             bytes: Bytes(blocks * self.set.block_size().0),
-            inodes: 0,
+            inodes: own.saturating_sub(below),
         })
     }
 
