@@ -140,7 +140,9 @@ fn none() -> BTreeMap<String, String> {
 }
 
 fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Code {
-    r.expect_err("expected an error").code().expect("a gRPC status")
+    r.expect_err("expected an error")
+        .code()
+        .expect("a gRPC status")
 }
 
 /// Prepare on `parent`, let `write` change the tree, commit as `name`.
@@ -228,17 +230,29 @@ fn suite(driver: &str) {
         assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
         let e = fs::remove_file(mnt.path().join("top")).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
-        assert_eq!(fs::read_to_string(mnt.path().join("a/f")).unwrap(), "base-f");
+        assert_eq!(
+            fs::read_to_string(mnt.path().join("a/f")).unwrap(),
+            "base-f"
+        );
     }
     // Mounts recovers the same mounts; a committed snapshot has none.
     assert_eq!(c.mounts("default/2/view").unwrap(), v);
     assert_eq!(code(c.mounts("base")), Code::FailedPrecondition);
     // PrepareView same key fails, either way round.
-    assert_eq!(code(c.prepare("default/2/view", "base", &none())), Code::AlreadyExists);
-    assert_eq!(code(c.view("default/2/view", "base", &none())), Code::AlreadyExists);
+    assert_eq!(
+        code(c.prepare("default/2/view", "base", &none())),
+        Code::AlreadyExists
+    );
+    assert_eq!(
+        code(c.view("default/2/view", "base", &none())),
+        Code::AlreadyExists
+    );
     // A parent with children cannot be removed; commit of a view fails.
     assert_eq!(code(c.remove("base")), Code::FailedPrecondition);
-    assert_eq!(code(c.commit("x", "default/2/view", &none())), Code::FailedPrecondition);
+    assert_eq!(
+        code(c.commit("x", "default/2/view", &none())),
+        Code::FailedPrecondition
+    );
     c.remove("default/2/view").unwrap();
 
     // Transitivity + DeletedFilesInChildSnapshot + RemoveDirectoryInLowerLayer
@@ -274,11 +288,15 @@ fn suite(driver: &str) {
         after.size >= before.size + (1 << 20),
         "usage {before:?} -> {after:?}"
     );
-    assert!(after.inodes > before.inodes, "usage {before:?} -> {after:?}");
+    assert!(
+        after.inodes > before.inodes,
+        "usage {before:?} -> {after:?}"
+    );
 
     // Update: labels only, times move.
     let mut info = c.stat("l3").unwrap();
-    info.labels.insert("containerd.io/gc.root".into(), "yes".into());
+    info.labels
+        .insert("containerd.io/gc.root".into(), "yes".into());
     let upd = c.update(&info, &["labels.containerd.io/gc.root"]).unwrap();
     assert_eq!(upd.labels["containerd.io/gc.root"], "yes");
     assert!(upd.updated > info.updated);
@@ -302,7 +320,9 @@ fn suite(driver: &str) {
     c.prepare("default/3/big", "l3", &none()).unwrap();
     c.remove("default/3/big").unwrap();
     c.remove("l3").unwrap();
-    layer(&mut c, "l3", "l2", |p| fs::write(p.join("again"), "yes").unwrap());
+    layer(&mut c, "l3", "l2", |p| {
+        fs::write(p.join("again"), "yes").unwrap()
+    });
     assert_eq!(view_tree(&mut c, "l3")["again"], "yes");
 
     // The CLI reads through the socket while the service owns the store.
@@ -312,7 +332,11 @@ fn suite(driver: &str) {
         .args(["ls", "--filter", "kind==committed"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listing = String::from_utf8_lossy(&out.stdout);
     for name in ["base", "l2", "l3"] {
         assert!(listing.lines().any(|l| l.starts_with(name)), "{listing}");
@@ -323,7 +347,11 @@ fn suite(driver: &str) {
         .args(["snapshots", "usage", "l2"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("l2"));
 
     for k in ["l3", "l2", "base"] {
@@ -402,7 +430,9 @@ fn crash_at_failpoints(driver: &str) {
         {
             let svc = Service::start(dir.path(), driver, "");
             let mut c = svc.client();
-            layer(&mut c, "base", "", |p| fs::write(p.join("f"), "base").unwrap());
+            layer(&mut c, "base", "", |p| {
+                fs::write(p.join("f"), "base").unwrap()
+            });
             c.prepare("victim", "base", &none()).unwrap();
         }
         let mut svc = Service::start(dir.path(), driver, &format!("{fp}=kill"));

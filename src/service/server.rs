@@ -49,6 +49,26 @@ pub fn records_path(root: &std::path::Path, driver: &str) -> PathBuf {
     root.join(SERVICE_DIR).join(driver).join("records.redb")
 }
 
+/// The store as the service opens it. containerd mounts a devicemapper
+/// snapshot's block device itself, so the layer must be the filesystem's
+/// root: a new devicemapper store gets `thinsnap.layout=flat` unless the
+/// options say otherwise (an existing Docker-layout store is then refused at
+/// start with a sentence naming the option, not at the first Mounts call).
+pub fn service_store(
+    store: &crate::backend::StoreConfig,
+    driver: &str,
+) -> crate::backend::StoreConfig {
+    let mut out = store.clone();
+    let has_layout = store
+        .storage_opts
+        .iter()
+        .any(|o| o.trim_start().starts_with("thinsnap.layout"));
+    if driver == "devicemapper" && !has_layout {
+        out.storage_opts.push("thinsnap.layout=flat".into());
+    }
+    out
+}
+
 /// Serves until a termination signal; returns after a clean shutdown.
 pub fn run(config: &ServeConfig) -> Result<(), ServeError> {
     let store = &config.store;
@@ -60,11 +80,14 @@ pub fn run(config: &ServeConfig) -> Result<(), ServeError> {
             driver: store.driver.clone(),
         },
     )?;
-    let driver = crate::backend::open(store).map_err(|source| ServeError::Backend {
+    let backend_error = |source| ServeError::Backend {
         driver: store.driver.clone(),
         root: store.root.clone(),
         source,
-    })?;
+    };
+    let choice = crate::backend::choose(store).map_err(backend_error)?;
+    let store = &service_store(store, &choice.driver);
+    let driver = crate::backend::open_named(&choice.driver, store).map_err(backend_error)?;
     let driver: Arc<dyn crate::snapshot::Driver> = Arc::from(driver);
     let records_file = records_path(&store.root, driver.name());
     if let Some(dir) = records_file.parent() {
@@ -114,6 +137,12 @@ pub fn run(config: &ServeConfig) -> Result<(), ServeError> {
     // Blocking work already handed to the pool finishes before the runtime goes.
     runtime.shutdown_timeout(std::time::Duration::from_secs(60));
     socket::unlink(&config.socket);
+    // As Docker's daemon did on shutdown: deactivate what nobody uses (a
+    // devicemapper pool this store created goes too when no device is left
+    // in use; devices a client still has mounted stay, and say so).
+    if let Err(e) = driver.cleanup() {
+        tracing::warn!(error = %e, "shutdown left some devices active");
+    }
     tracing::info!("stopped");
     served
 }
@@ -146,4 +175,28 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, ServeError
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::StoreConfig;
+
+    fn store(opts: &[&str]) -> StoreConfig {
+        StoreConfig {
+            root: "/r".into(),
+            driver: "auto".into(),
+            storage_opts: opts.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn devicemapper_defaults_to_flat_layout_only_when_unset() {
+        let s = service_store(&store(&["dm.fs=xfs"]), "devicemapper");
+        assert_eq!(s.storage_opts, ["dm.fs=xfs", "thinsnap.layout=flat"]);
+        let s = service_store(&store(&["thinsnap.layout=docker"]), "devicemapper");
+        assert_eq!(s.storage_opts, ["thinsnap.layout=docker"]);
+        let s = service_store(&store(&[]), "overlay2");
+        assert!(s.storage_opts.is_empty());
+    }
 }
