@@ -498,3 +498,73 @@ fn vfs_process_guarantees() {
 fn vfs_crash_at_every_failpoint() {
     crash_at_failpoints("vfs");
 }
+
+#[test]
+fn overlay2_containerd_suite() {
+    suite("overlay2");
+}
+
+#[test]
+fn overlay2_process_guarantees() {
+    process_guarantees("overlay2");
+}
+
+/// While the service holds a store, `status` and `ls` answer from what it
+/// publishes, commands that would change the store are refused with the
+/// reason, and after the service stops they open the store again.
+#[test]
+fn cli_reads_while_serving_and_refuses_changes() {
+    common::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let mut svc = Service::start(dir.path(), "vfs", "");
+    let mut c = svc.client();
+    layer(&mut c, "base", "", |p| fs::write(p.join("f"), "x").unwrap());
+    let cli = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["--driver", "vfs", "--root"])
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // The publisher runs every 2 s; the committed layer shows up soon.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listing = loop {
+        let out = cli(&["ls", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if rows.as_array().is_some_and(|a| !a.is_empty()) || Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(listing.as_array().unwrap().len(), 1, "{listing}");
+    let out = cli(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("served by thinsnap serve"),
+        "{text}"
+    );
+    assert!(text.contains("Storage Driver: vfs"), "{text}");
+    for change in [&["create", "x"][..], &["cleanup"], &["rm", "x"]] {
+        let out = cli(change);
+        assert!(!out.status.success(), "{change:?} must be refused");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("served by thinsnap serve (pid"),
+            "{change:?}: {err}"
+        );
+    }
+    assert!(svc.stop().success());
+    let out = cli(&["ls"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("served by"),
+        "{text}"
+    );
+    assert!(!dir.path().join("service/status.json").exists());
+}

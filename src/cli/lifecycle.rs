@@ -77,17 +77,32 @@ struct LsRow {
 }
 
 pub fn ls(global: &GlobalArgs, args: &LsArgs) -> CliResult {
-    let driver = store::open(global)?;
-    let rows: Vec<LsRow> = driver
-        .list()?
-        .into_iter()
-        .map(|l| LsRow {
-            id: l.id.to_string(),
-            parent: l.parent.map(|p| p.to_string()),
-            mounted: l.mount_count,
-            incomplete: l.incomplete,
-        })
-        .collect();
+    let rows: Vec<LsRow> = match store::served(global)? {
+        Some(p) => {
+            if !args.json {
+                println!("{}", store::served_note(&p));
+            }
+            p.layers
+                .into_iter()
+                .map(|l| LsRow {
+                    id: l.id,
+                    parent: l.parent,
+                    mounted: l.mounted,
+                    incomplete: l.incomplete,
+                })
+                .collect()
+        }
+        None => store::open(global)?
+            .list()?
+            .into_iter()
+            .map(|l| LsRow {
+                id: l.id.to_string(),
+                parent: l.parent.map(|p| p.to_string()),
+                mounted: l.mount_count,
+                incomplete: l.incomplete,
+            })
+            .collect(),
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);

@@ -29,6 +29,21 @@ struct Report {
 }
 
 pub fn run(global: &GlobalArgs, args: &StatusArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if let Some(p) = super::store::served(global)? {
+        let report = Report {
+            driver: p.driver.clone(),
+            reason: super::store::served_note(&p),
+            warnings: Vec::new(),
+            status: p.status.clone(),
+            raw: args.json.then(|| p.raw.clone()),
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", render(&report));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let (driver, choice) = backend::open_with_choice(&StoreConfig {
         root: global.root.clone(),
         driver: global.driver.clone(),

@@ -7,10 +7,28 @@ use serde::{Deserialize, Serialize};
 
 use super::GlobalArgs;
 use crate::backend::{self, StoreConfig};
-use crate::snapshot::{Driver, LayerId, Result, SnapshotError};
+use crate::service::instance;
+use crate::service::published::{self, Published};
+use crate::snapshot::{Driver, ErrorKind, LayerId, Result, SnapshotError};
 
-/// Opens the backend the global flags name.
+/// Opens the backend the global flags name. Refused while `thinsnap serve`
+/// holds the store: two processes changing one store would race (a second
+/// devicemapper DeviceSet would even roll back the service's open
+/// transaction). `status` and `ls` read what the service publishes instead
+/// (see [`served`]).
 pub fn open(global: &GlobalArgs) -> Result<Box<dyn Driver>> {
+    if let Some(info) = instance::running(&global.root) {
+        return Err(SnapshotError::Other {
+            kind: ErrorKind::Busy,
+            context: format!("the store at {}", global.root.display()),
+            source: format!(
+                "it is served by thinsnap serve (pid {}, socket {}): change it through the service (`thinsnap snapshots ...`) or stop the service first; `thinsnap status`, `thinsnap ls` and `thinsnap snapshots ls|usage` work meanwhile",
+                info.pid,
+                info.socket.display()
+            )
+            .into(),
+        });
+    }
     backend::open(&StoreConfig {
         root: global.root.clone(),
         driver: global.driver.clone(),
@@ -85,4 +103,34 @@ pub fn resolve_image(root: &Path, driver: &dyn Driver, image: &LayerId) -> Resul
     Err(SnapshotError::NotFound {
         id: image.to_string(),
     })
+}
+
+/// What a running service published for its store (`None`: not served).
+pub fn served(global: &GlobalArgs) -> std::result::Result<Option<Published>, String> {
+    let Some(info) = instance::running(&global.root) else {
+        return Ok(None);
+    };
+    // Right after start the service may not have published yet.
+    let deadline = std::time::Instant::now() + published::PUBLISH_INTERVAL * 2;
+    loop {
+        match published::read(&global.root) {
+            Ok(p) => return Ok(Some(p)),
+            Err(e) if std::time::Instant::now() >= deadline => {
+                return Err(format!(
+                    "the store is served by thinsnap serve (pid {}), which has not published its status: {e}",
+                    info.pid
+                ));
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The line `status` and `ls` print above what a service published.
+pub fn served_note(p: &Published) -> String {
+    format!(
+        "(served by thinsnap serve, pid {}; as of {} s ago)",
+        p.pid,
+        p.age_secs()
+    )
 }

@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod instance;
 pub mod locks;
 pub mod model;
+pub mod published;
 pub mod records;
 pub mod server;
 pub mod snapshots;

@@ -12,6 +12,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use super::config::ServeConfig;
 use super::grpc::GrpcFront;
 use super::instance::{self, InstanceInfo, SERVICE_DIR};
+use super::published::{self, PUBLISH_INTERVAL, Published};
 use super::records::{RecordError, RecordStore};
 use super::snapshots::SnapshotService;
 use super::socket::{self, SocketError};
@@ -131,12 +132,16 @@ pub fn run(config: &ServeConfig) -> Result<(), ServeError> {
                 source,
             })?;
         let shutdown = shutdown_signal()?;
-        serve_listener(listener, svc.clone(), shutdown).await?;
+        let publisher = tokio::spawn(publish_loop(driver.clone(), store.root.clone()));
+        let served = serve_listener(listener, svc.clone(), shutdown).await;
+        publisher.abort();
+        served?;
         Ok::<(), ServeError>(())
     });
     // Blocking work already handed to the pool finishes before the runtime goes.
     runtime.shutdown_timeout(std::time::Duration::from_secs(60));
     socket::unlink(&config.socket);
+    let _ = std::fs::remove_file(published::path(&store.root));
     // As Docker's daemon did on shutdown: deactivate what nobody uses (a
     // devicemapper pool this store created goes too when no device is left
     // in use; devices a client still has mounted stay, and say so).
@@ -147,18 +152,71 @@ pub fn run(config: &ServeConfig) -> Result<(), ServeError> {
     served
 }
 
+/// How long a shutdown waits for connections to go away. containerd keeps
+/// its connection open for as long as it runs, so waiting for every client
+/// to hang up would hang `systemctl stop`.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Serves `svc` on `listener` until `shutdown` resolves, then stops
-/// accepting and waits for the requests in flight.
+/// accepting, lets requests in flight answer for up to [`SHUTDOWN_GRACE`]
+/// and closes the connections still open. Work already handed to the
+/// blocking pool runs to its end either way (the caller's runtime shutdown
+/// waits for it), and every operation is crash-safe besides.
 pub async fn serve_listener(
     listener: tokio::net::UnixListener,
     svc: Arc<SnapshotService>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    Server::builder()
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = Server::builder()
         .add_service(containerd_snapshots::server(Arc::new(GrpcFront::new(svc))))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        served = &mut server => return Ok(served?),
+        _ = shutdown => {}
+    }
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+        Ok(served) => served?,
+        Err(_) => tracing::info!(
+            grace = ?SHUTDOWN_GRACE,
+            "clients still connected at shutdown; closing their connections"
+        ),
+    }
     Ok(())
+}
+
+/// Keeps `published::path` current for `thinsnap status` / `ls` (see
+/// `published`): writes at start, then whenever the state changed.
+async fn publish_loop(driver: Arc<dyn crate::snapshot::Driver>, root: PathBuf) {
+    let mut last: Option<Published> = None;
+    let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
+    loop {
+        tick.tick().await;
+        let d = driver.clone();
+        let taken = tokio::task::spawn_blocking(move || Published::take(d.as_ref())).await;
+        let now = match taken {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot take the store's status for the CLI");
+                continue;
+            }
+            Err(_) => continue,
+        };
+        if last.as_ref().is_some_and(|l| l.same_state(&now)) {
+            continue;
+        }
+        let root = root.clone();
+        let copy = now.clone();
+        match tokio::task::spawn_blocking(move || published::write(&root, &copy)).await {
+            Ok(Ok(())) => last = Some(now),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot publish the store's status"),
+            Err(_) => {}
+        }
+    }
 }
 
 /// Resolves on the first SIGTERM or SIGINT.

@@ -82,6 +82,32 @@ impl Drop for Guard {
     }
 }
 
+/// Directories the VM mounts its own filesystems over (tmpfs, devtmpfs,
+/// proc, sysfs): a checkout or binary below them would be invisible in the
+/// guest through the host-root share.
+const GUEST_PRIVATE: &[&str] = &["/tmp", "/run", "/dev", "/proc", "/sys"];
+
+/// For each path below a guest-private directory, the top directory under
+/// it (e.g. `/tmp/checkout` for `/tmp/checkout/target/debug/x`), shared
+/// again so the guest sees it at the same path (read-only, with a tmpfs
+/// overlay, like the rest of the host).
+fn hidden_shares(paths: &[&Path]) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        for private in GUEST_PRIVATE {
+            if let Ok(rest) = p.strip_prefix(private)
+                && let Some(first) = rest.components().next()
+            {
+                let dir = Path::new(private).join(first);
+                if !out.contains(&dir) {
+                    out.push(dir);
+                }
+            }
+        }
+    }
+    out
+}
+
 pub fn run_job(
     kernel: &Kernel,
     initrd: &Path,
@@ -138,11 +164,23 @@ pub fn run_job(
     cmd.arg("-smp").arg(config.cpus.to_string());
     cmd.arg("-kernel").arg(&kernel.vmlinuz);
     cmd.arg("-initrd").arg(initrd);
+    let cwd = std::env::current_dir()?;
+    let shares = hidden_shares(&[agent.as_path(), cwd.as_path()]);
+    let share_list: Vec<String> = shares.iter().map(|p| p.display().to_string()).collect();
     cmd.arg("-append").arg(format!(
-        "console=ttyS0 quiet loglevel=4 panic=-1 thinsnap.agent={} thinsnap.modules={}",
+        "console=ttyS0 quiet loglevel=4 panic=-1 thinsnap.agent={} thinsnap.modules={} thinsnap.shares={}",
         agent.display(),
-        kernel.modules_dir.display()
+        kernel.modules_dir.display(),
+        share_list.join(",")
     ));
+    for (i, dir) in shares.iter().enumerate() {
+        cmd.arg("-fsdev").arg(format!(
+            "local,id=share{i},path={},security_model=passthrough,readonly=on,multidevs=remap",
+            dir.display()
+        ));
+        cmd.arg("-device")
+            .arg(format!("virtio-9p-pci,fsdev=share{i},mount_tag=share{i}"));
+    }
     cmd.arg("-serial")
         .arg(format!("file:{}", console.display()));
     cmd.args([

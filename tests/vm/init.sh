@@ -35,6 +35,16 @@ mount -t tmpfs -o mode=1777 tmpfs /newroot/dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /newroot/run
 mount -t tmpfs -o mode=1777 tmpfs /newroot/tmp
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup 2>/dev/null
+# Host directories hidden by the mounts above (a checkout under /tmp):
+# shared again by the runner, read-only with a tmpfs overlay like /.
+SHARES=$(arg thinsnap.shares)
+i=0
+for dir in $(echo "$SHARES" | tr ',' ' '); do
+  mkdir -p "/rw/share$i/lower" "/rw/share$i/upper" "/rw/share$i/work" "/newroot$dir"
+  mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose "share$i" "/rw/share$i/lower" || fail "mounting share $dir"
+  mount -t overlay overlay -o "lowerdir=/rw/share$i/lower,upperdir=/rw/share$i/upper,workdir=/rw/share$i/work" "/newroot$dir" || fail "overlay on share $dir"
+  i=$((i+1))
+done
 mkdir -p /newroot/run/thinsnap-vm
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 job /newroot/run/thinsnap-vm || fail "mounting the job directory"
 if [ -n "$MODULES" ] && [ -d "/newroot$MODULES" ]; then
