@@ -63,5 +63,15 @@ demo: setup
 	$(THINSNAP) doctor || true
 	$(VM) script fixtures/demo.steps --no-leak-check
 
+# Benchmarks (not tests): release build, one VM boot for every subject,
+# then the report. BENCH_ARGS=--quick for a short run.
+BENCH_LOG := target/bench/vm-output.log
+bench: setup
+	$(CARGO) build --release --bin thinsnap --bin thinsnap-bench
+	$(CARGO) build --quiet --bin thinsnap-vm
+	mkdir -p target/bench
+	$(VM) run --timeout 5400 --step-timeout 5400 -- target/release/thinsnap-bench run $(BENCH_ARGS) > $(BENCH_LOG)
+	target/release/thinsnap-bench report $(BENCH_LOG) --md docs/benchmarks.md --svg docs/benchmarks.svg
+
 clean:
 	$(CARGO) clean

@@ -267,6 +267,13 @@ impl BlockingClient {
         Ok(BlockingClient { rt, client })
     }
 
+    /// Talks to another snapshotter behind the same socket (containerd's own
+    /// socket serves all of them), in containerd namespace `ns`.
+    pub fn for_snapshotter(mut self, name: &str, ns: &str) -> Self {
+        self.client = self.client.with_snapshotter(name).with_namespace(ns);
+        self
+    }
+
     /// The async client, e.g. to clone it into concurrent tasks.
     pub fn client(&self) -> &Client {
         &self.client

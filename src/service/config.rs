@@ -168,6 +168,17 @@ socket = "/run/ts.sock"
     }
 
     #[test]
+    fn packaged_example_config_parses() {
+        let text = include_str!("../../packaging/config.toml");
+        let f = parse(Path::new("/etc/thinsnap/config.toml"), text).unwrap();
+        assert_eq!(f.driver.as_deref(), Some("devicemapper"));
+        assert_eq!(f.socket.as_deref(), Some(Path::new(DEFAULT_SOCKET)));
+        let opts = f.storage_opts.unwrap();
+        assert!(opts.iter().all(|o| o.starts_with("dm.")), "{opts:?}");
+        crate::backend::devmapper::options::DmStoreOptions::parse(&opts).unwrap();
+    }
+
+    #[test]
     fn unknown_fields_and_bad_syntax_are_refused() {
         let e = parse(Path::new("c.toml"), "rot = \"/x\"").unwrap_err();
         assert!(e.to_string().contains("rot"), "{e}");

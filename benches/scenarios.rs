@@ -1,0 +1,588 @@
+//! The measured scenarios (see the crate doc). Each subject gets a fresh
+//! pool or root of the same size; every repetition is timed on its own.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use thinsnap::backend::{self, StoreConfig};
+use thinsnap::service::client::BlockingClient;
+use thinsnap::snapshot::container::{create_container, remove_container};
+use thinsnap::snapshot::{CreateOpts, Driver, LayerId};
+
+use crate::floor::{self, RawPool, Res, run_tool};
+use crate::{BEGIN, END, Sample};
+
+/// Pool sizes every devicemapper subject gets.
+const DM_OPTS: &[&str] = &[
+    "dm.loopdatasize=8G",
+    "dm.loopmetadatasize=256M",
+    "dm.basesize=1G",
+    // The floor and containerd's snapshotter (discard_blocks=false) do not
+    // discard on delete; neither does thinsnap here.
+    "dm.blkdiscard=false",
+    "dm.use_deferred_removal=false",
+    "dm.use_deferred_deletion=false",
+];
+const BASE_SECTORS: u64 = (1 << 30) / 512;
+
+struct Sizes {
+    ops: usize,
+    layers: usize,
+    containers: usize,
+}
+
+struct Recorder {
+    samples: Vec<Sample>,
+}
+
+impl Recorder {
+    fn time<T>(
+        &mut self,
+        scenario: &str,
+        subject: &str,
+        op: &str,
+        f: impl FnOnce() -> Res<T>,
+    ) -> Res<T> {
+        let start = Instant::now();
+        let v = f().map_err(|e| format!("{scenario}/{subject}/{op}: {e}"))?;
+        let ms = start.elapsed().as_secs_f64() * 1000.0;
+        match self
+            .samples
+            .iter_mut()
+            .find(|s| s.scenario == scenario && s.subject == subject && s.op == op)
+        {
+            Some(s) => s.ms.push(ms),
+            None => self.samples.push(Sample {
+                scenario: scenario.into(),
+                subject: subject.into(),
+                op: op.into(),
+                ms: vec![ms],
+            }),
+        }
+        Ok(v)
+    }
+}
+
+fn id(s: &str) -> Res<LayerId> {
+    LayerId::new(s).map_err(|e| e.to_string())
+}
+
+fn progress(msg: &str) {
+    eprintln!("[bench] {msg}");
+}
+
+pub fn run(args: &[String]) -> Res<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let only: Vec<String> = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(String::from).collect())
+        .unwrap_or_else(|| vec!["dm".into(), "grpc".into(), "backends".into()]);
+    let sizes = if quick {
+        Sizes {
+            ops: 10,
+            layers: 10,
+            containers: 10,
+        }
+    } else {
+        Sizes {
+            ops: 100,
+            layers: 50,
+            containers: 50,
+        }
+    };
+    if !Path::new("/dev/mapper/control").exists() {
+        return Err(
+            "device-mapper is not available here: run `make bench` (it runs this in the test VM)"
+                .into(),
+        );
+    }
+    let work = PathBuf::from("/tmp/thinsnap-bench");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(&work).map_err(|e| e.to_string())?;
+    let mut rec = Recorder {
+        samples: Vec::new(),
+    };
+    let started = Instant::now();
+    if only.iter().any(|s| s == "dm") {
+        dm_thinsnap(&work, &sizes, &mut rec)?;
+        dm_floor_and_dmsetup(&work, &sizes, &mut rec)?;
+    }
+    if only.iter().any(|s| s == "grpc") {
+        grpc(&work, &sizes, &mut rec)?;
+    }
+    if only.iter().any(|s| s == "backends") {
+        backends(&work, &sizes, &mut rec)?;
+    }
+    let meta = serde_json::json!({
+        "kernel": fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "accel": std::env::var("THINSNAP_VM_ACCEL").unwrap_or_else(|_| "tcg".into()),
+        "ops": sizes.ops, "layers": sizes.layers, "containers": sizes.containers,
+        "wall_s": started.elapsed().as_secs(),
+        "containerd": run_tool("containerd", &["--version"]).unwrap_or_default().trim(),
+    });
+    let out = serde_json::json!({"meta": meta, "samples": rec.samples});
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{BEGIN}").map_err(|e| e.to_string())?;
+    writeln!(stdout, "{out}").map_err(|e| e.to_string())?;
+    writeln!(stdout, "{END}").map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn opts(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// thinsnap's library on a loopback pool.
+fn dm_thinsnap(work: &Path, sizes: &Sizes, rec: &mut Recorder) -> Res<()> {
+    progress("dm: thinsnap library");
+    let root = work.join("dm-thinsnap");
+    let d = backend::open_named(
+        "devicemapper",
+        &StoreConfig {
+            root: root.clone(),
+            driver: "devicemapper".into(),
+            storage_opts: opts(DM_OPTS),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let s = "thinsnap (library)";
+    let img = id("image")?;
+    d.create(&img, None, &CreateOpts::default())
+        .map_err(|e| e.to_string())?;
+    let ids: Vec<LayerId> = (0..sizes.ops)
+        .map(|i| id(&format!("c{i}")))
+        .collect::<Res<_>>()?;
+    for c in &ids {
+        rec.time("dm", s, "create snapshot", || {
+            d.create(c, Some(&img), &CreateOpts::default())
+                .map_err(|e| e.to_string())
+        })?;
+    }
+    for c in &ids {
+        rec.time("dm", s, "activate + mount", || {
+            d.get(c, None).map_err(|e| e.to_string())
+        })?;
+        rec.time("dm", s, "umount + deactivate", || {
+            d.put(c).map_err(|e| e.to_string())
+        })?;
+    }
+    for c in &ids {
+        rec.time("dm", s, "delete snapshot", || {
+            d.remove(c).map_err(|e| e.to_string())
+        })?;
+    }
+    d.remove(&img).map_err(|e| e.to_string())?;
+    d.cleanup().map_err(|e| e.to_string())
+}
+
+/// The same operations as raw ioctls (the floor), then through dmsetup.
+fn dm_floor_and_dmsetup(work: &Path, sizes: &Sizes, rec: &mut Recorder) -> Res<()> {
+    progress("dm: floor (raw ioctls) and dmsetup");
+    let pool = RawPool::create(&work.join("dm-floor"), "bench-floor-pool", 8, 256)?;
+    pool.make_base(1, BASE_SECTORS)?;
+    let mnt = work.join("dm-floor-mnt");
+    fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
+    let s = "floor (ioctls)";
+    let thin_ids: Vec<u32> = (0..sizes.ops as u32).map(|i| i + 2).collect();
+    for t in &thin_ids {
+        rec.time("dm", s, "create snapshot", || {
+            pool.message(&format!("create_snap {t} 1"))
+        })?;
+    }
+    for t in &thin_ids {
+        let name = format!("bench-floor-{t}");
+        rec.time("dm", s, "activate + mount", || {
+            let node = pool.activate(&name, *t, BASE_SECTORS)?;
+            floor::wait_for_node(&node)?;
+            floor::mount_xfs(&node, &mnt)
+        })?;
+        rec.time("dm", s, "umount + deactivate", || {
+            floor::umount(&mnt)?;
+            pool.deactivate(&name)
+        })?;
+    }
+    for t in &thin_ids {
+        rec.time("dm", s, "delete snapshot", || {
+            pool.message(&format!("delete {t}"))
+        })?;
+    }
+
+    let s = "dmsetup (CLI)";
+    let table_for = |t: u32| format!("0 {BASE_SECTORS} thin {} {t}", pool.devno);
+    for t in &thin_ids {
+        rec.time("dm", s, "create snapshot", || {
+            run_tool(
+                "dmsetup",
+                &["message", &pool.name, "0", &format!("create_snap {t} 1")],
+            )
+        })?;
+    }
+    for t in &thin_ids {
+        let name = format!("bench-dmsetup-{t}");
+        let node = PathBuf::from(format!("/dev/mapper/{name}"));
+        rec.time("dm", s, "activate + mount", || {
+            run_tool("dmsetup", &["create", &name, "--table", &table_for(*t)])?;
+            floor::wait_for_node(&node)?;
+            floor::mount_xfs(&node, &mnt)
+        })?;
+        rec.time("dm", s, "umount + deactivate", || {
+            floor::umount(&mnt)?;
+            run_tool("dmsetup", &["remove", &name])
+        })?;
+    }
+    for t in &thin_ids {
+        rec.time("dm", s, "delete snapshot", || {
+            run_tool(
+                "dmsetup",
+                &["message", &pool.name, "0", &format!("delete {t}")],
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Active dm devices (any name).
+fn dm_device_count() -> Res<usize> {
+    let dm = devicemapper::DM::new().map_err(|e| e.to_string())?;
+    dm.list_devices()
+        .map(|v| v.len())
+        .map_err(|e| format!("listing dm devices: {e}"))
+}
+
+/// A daemon child that gets SIGTERM (then SIGKILL) when dropped.
+struct Daemon {
+    child: Option<Child>,
+    what: &'static str,
+}
+
+impl Daemon {
+    fn spawn(what: &'static str, cmd: &mut Command, log: &Path) -> Res<Daemon> {
+        let log = fs::File::create(log).map_err(|e| e.to_string())?;
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("starting {what}: {e}"))?;
+        Ok(Daemon {
+            child: Some(child),
+            what,
+        })
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            progress(&format!("{} ignored SIGTERM; killing it", self.what));
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn connect(socket: &Path, log: &Path) -> Res<BlockingClient> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if socket.exists()
+            && let Ok(c) = BlockingClient::connect(socket)
+        {
+            return Ok(c);
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} never answered; log:\n{}",
+                socket.display(),
+                fs::read_to_string(log).unwrap_or_default()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// containerd's Snapshots API: a Prepare/Commit chain, read-write
+/// Prepares + Mounts on its top, Removes.
+fn snapshot_api(c: &mut BlockingClient, subject: &str, n: usize, rec: &mut Recorder) -> Res<()> {
+    // containerd garbage-collects unreferenced snapshots after a Remove;
+    // a gc root label keeps the chain (thinsnap stores it as any label).
+    let labels: BTreeMap<String, String> =
+        [("containerd.io/gc.root".to_string(), "bench".to_string())].into();
+    let mut parent = String::new();
+    for i in 0..n {
+        let (key, name) = (format!("chain-active-{i}"), format!("chain-{i}"));
+        rec.time("grpc", subject, "Prepare (layer)", || {
+            c.prepare(&key, &parent, &labels).map_err(|e| e.to_string())
+        })?;
+        rec.time("grpc", subject, "Commit", || {
+            c.commit(&name, &key, &labels).map_err(|e| e.to_string())
+        })?;
+        parent = name;
+    }
+    let devices_before = dm_device_count()?;
+    for i in 0..n {
+        let key = format!("rw-{i}");
+        rec.time("grpc", subject, "Prepare + Mounts (container)", || {
+            c.prepare(&key, &parent, &labels)
+                .map_err(|e| e.to_string())?;
+            c.mounts(&key).map_err(|e| e.to_string())
+        })?;
+    }
+    // containerd's Remove only drops its record; its garbage collector
+    // deletes the device later. The batch op below waits until the active
+    // devices are really gone, so both subjects pay for the same work.
+    let batch = Instant::now();
+    for i in 0..n {
+        let key = format!("rw-{i}");
+        rec.time("grpc", subject, "Remove (container)", || {
+            c.remove(&key).map_err(|e| e.to_string())
+        })?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while dm_device_count()? > devices_before {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{subject}: removed devices still active after 600 s"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let per_op = batch.elapsed().as_secs_f64() * 1000.0 / n as f64;
+    rec.time(
+        "grpc",
+        subject,
+        "Remove (container) until its device is gone, per op",
+        || Ok(()),
+    )?;
+    if let Some(last) = rec.samples.last_mut() {
+        last.ms = vec![per_op];
+    }
+    for i in (0..n).rev() {
+        let name = format!("chain-{i}");
+        rec.time("grpc", subject, "Remove (layer)", || {
+            c.remove(&name).map_err(|e| e.to_string())
+        })?;
+    }
+    Ok(())
+}
+
+fn grpc(work: &Path, sizes: &Sizes, rec: &mut Recorder) -> Res<()> {
+    progress("grpc: containerd devmapper snapshotter");
+    let dir = work.join("grpc-containerd");
+    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    {
+        let pool = RawPool::create(&dir.join("pool"), "bench-ctd-pool", 8, 256)?;
+        let config = dir.join("config.toml");
+        fs::write(
+            &config,
+            format!(
+                r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{d}/containerd.sock"
+[plugins."io.containerd.snapshotter.v1.devmapper"]
+  root_path = "{d}/devmapper"
+  pool_name = "{pool}"
+  base_image_size = "1GB"
+  discard_blocks = false
+  async_remove = false
+"#,
+                d = dir.display(),
+                pool = pool.name
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let log = dir.join("containerd.log");
+        let mut daemon = Daemon::spawn(
+            "containerd",
+            Command::new("containerd").arg("--config").arg(&config),
+            &log,
+        )?;
+        let socket = dir.join("containerd.sock");
+        let mut c = connect(&socket, &log)?.for_snapshotter("devmapper", "bench");
+        // The devmapper plugin loads asynchronously: wait until it answers.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while let Err(e) = c.walk(&[]) {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "containerd's devmapper snapshotter never answered: {e}; log:\n{}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        snapshot_api(&mut c, "containerd devmapper", sizes.ops, rec)?;
+        drop(c);
+        daemon.stop();
+        // containerd leaves its base device active; the pool goes with it.
+        let _ = run_tool("dmsetup", &["remove_all"]);
+        drop(pool);
+    }
+
+    progress("grpc: thinsnap serve (devicemapper)");
+    let dir = work.join("grpc-thinsnap");
+    fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let thinsnap = exe.with_file_name("thinsnap");
+    let config = dir.join("empty.toml");
+    fs::write(&config, "").map_err(|e| e.to_string())?;
+    let socket = dir.join("thinsnap.sock");
+    let log = dir.join("thinsnap.log");
+    let mut cmd = Command::new(&thinsnap);
+    cmd.args(["serve", "--driver", "devicemapper", "--root"])
+        .arg(dir.join("store"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--config")
+        .arg(&config);
+    for o in DM_OPTS {
+        cmd.args(["--storage-opt", o]);
+    }
+    let mut daemon = Daemon::spawn("thinsnap serve", &mut cmd, &log)?;
+    let mut c = connect(&socket, &log)?;
+    snapshot_api(&mut c, "thinsnap serve", sizes.ops, rec)?;
+    drop(c);
+    daemon.stop();
+    Ok(())
+}
+
+/// A filesystem on a sparse loop file, mounted at `at` (for union roots).
+struct LoopFs {
+    at: PathBuf,
+}
+
+impl LoopFs {
+    fn new(image: &Path, at: &Path, mkfs: &[&str]) -> Res<LoopFs> {
+        fs::File::create(image)
+            .and_then(|f| f.set_len(6 << 30))
+            .map_err(|e| e.to_string())?;
+        let mut args: Vec<&str> = mkfs[1..].to_vec();
+        let img = image.display().to_string();
+        args.push(&img);
+        run_tool(mkfs[0], &args)?;
+        fs::create_dir_all(at).map_err(|e| e.to_string())?;
+        run_tool("mount", &["-o", "loop", &img, &at.display().to_string()])?;
+        Ok(LoopFs { at: at.into() })
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = run_tool("umount", &[&self.at.display().to_string()]);
+    }
+}
+
+fn write_file(path: &Path, len: usize, byte: u8) -> Res<()> {
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(&vec![byte; len])
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn backends(work: &Path, sizes: &Sizes, rec: &mut Recorder) -> Res<()> {
+    let subjects: &[(&str, Option<&[&str]>)] = &[
+        ("devicemapper", None),
+        ("overlay2", Some(&["mkfs.xfs", "-q", "-f"])),
+        ("overlay", Some(&["mkfs.xfs", "-q", "-f"])),
+        ("btrfs", Some(&["mkfs.btrfs", "-q", "-f"])),
+        ("vfs", Some(&["mkfs.xfs", "-q", "-f"])),
+    ];
+    for (name, mkfs) in subjects {
+        progress(&format!("backends: {name}"));
+        let dir = work.join(format!("backend-{name}"));
+        fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let root = dir.join("root");
+        let _fs = match mkfs {
+            Some(m) => Some(LoopFs::new(&dir.join("fs.img"), &root, m)?),
+            None => None,
+        };
+        let d = backend::open_named(
+            name,
+            &StoreConfig {
+                root: root.clone(),
+                driver: name.to_string(),
+                storage_opts: if *name == "devicemapper" {
+                    opts(DM_OPTS)
+                } else {
+                    Vec::new()
+                },
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        one_backend(d.as_ref(), name, sizes, rec)?;
+        d.cleanup().map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn one_backend(d: &dyn Driver, name: &str, sizes: &Sizes, rec: &mut Recorder) -> Res<()> {
+    let e = |e: thinsnap::snapshot::SnapshotError| e.to_string();
+    let mut layers: Vec<LayerId> = Vec::new();
+    for i in 0..sizes.layers {
+        let l = id(&format!("layer{i}"))?;
+        let parent = layers.last().cloned();
+        rec.time(
+            "backends",
+            name,
+            "image layer: create + mount + write 64 KiB + unmount",
+            || {
+                d.create(&l, parent.as_ref(), &CreateOpts::default())
+                    .map_err(e)?;
+                let p = d.get(&l, None).map_err(e)?;
+                if i == 0 {
+                    write_file(&p.join("big.bin"), 1 << 20, b'a')?;
+                }
+                write_file(&p.join(format!("f{i}")), 64 << 10, b'l')?;
+                d.put(&l).map_err(e)
+            },
+        )?;
+        layers.push(l);
+    }
+    let top = layers.last().cloned();
+    for i in 0..sizes.containers {
+        let c = id(&format!("ctr{i}"))?;
+        rec.time("backends", name, "container create (-init + rw)", || {
+            create_container(d, &c, top.as_ref(), &CreateOpts::default()).map_err(e)
+        })?;
+        let p = rec.time("backends", name, "mount", || d.get(&c, None).map_err(e))?;
+        rec.time(
+            "backends",
+            name,
+            "write 1 MiB over an image file (copy-up / CoW)",
+            || write_file(&p.join("big.bin"), 1 << 20, b'c'),
+        )?;
+        rec.time("backends", name, "unmount", || d.put(&c).map_err(e))?;
+        rec.time("backends", name, "container remove", || {
+            remove_container(d, &c).map_err(e)
+        })?;
+    }
+    for l in layers.iter().rev() {
+        d.remove(l).map_err(e)?;
+    }
+    Ok(())
+}
