@@ -109,12 +109,21 @@ pub fn run(args: &[String]) -> Res<()> {
         samples: Vec::new(),
     };
     let started = Instant::now();
+    // The VM's /tmp is RAM: each scenario's pools and images are freed
+    // before the next one starts.
+    let free = |what: &str| {
+        let _ = fs::remove_dir_all(work.join(what));
+    };
     if only.iter().any(|s| s == "dm") {
         dm_thinsnap(&work, &sizes, &mut rec)?;
+        free("dm-thinsnap");
         dm_floor_and_dmsetup(&work, &sizes, &mut rec)?;
+        free("dm-floor");
     }
     if only.iter().any(|s| s == "grpc") {
         grpc(&work, &sizes, &mut rec)?;
+        free("grpc-containerd");
+        free("grpc-thinsnap");
     }
     if only.iter().any(|s| s == "backends") {
         backends(&work, &sizes, &mut rec)?;
@@ -536,6 +545,10 @@ fn backends(work: &Path, sizes: &Sizes, rec: &mut Recorder) -> Res<()> {
         .map_err(|e| e.to_string())?;
         one_backend(d.as_ref(), name, sizes, rec)?;
         d.cleanup().map_err(|e| e.to_string())?;
+        drop(d);
+        drop(_fs);
+        // The VM's /tmp is RAM: free each subject's images before the next.
+        let _ = fs::remove_dir_all(&dir);
     }
     Ok(())
 }
