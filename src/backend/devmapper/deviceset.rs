@@ -150,11 +150,7 @@ impl DeviceSet {
                 .output();
             ctl.thin_pool_version()?;
         }
-        if opts.direct_lvm.is_some() {
-            return Err(DevmapperError::Other(
-                "direct-lvm setup (dm.directlvm_device) is not available in this build: create the LVM thin pool yourself and pass dm.thinpooldev=<vg>-<pool>".into(),
-            ));
-        }
+        let mut opts = opts;
         let home = root.join("devicemapper");
         for (dir, mode) in [
             (&home, 0o700),
@@ -163,6 +159,13 @@ impl DeviceSet {
         ] {
             crate::fsutil::ensure_dir(dir, mode)
                 .map_err(|e| DevmapperError::io(format!("creating {}", dir.display()), e))?;
+        }
+        if let Some(lvm) = &opts.direct_lvm {
+            // The pool direct-lvm builds is then adopted like dm.thinpooldev
+            // (first use: empty; later: transaction ids must match). Unlike
+            // Docker, its layers are not discarded before delete by default
+            // (a real device, as with dm.thinpooldev).
+            opts.thin_pool_device = Some(super::directlvm::ensure(&home, lvm)?);
         }
         let side = Sidecar::open(&home)?;
         let layout = match (side.load_store()?, opts.layout) {

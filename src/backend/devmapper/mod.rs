@@ -1,9 +1,12 @@
 //! The devicemapper backend: Docker's devicemapper storage driver on a
 //! dm-thin pool, in Docker's on-disk format (see docs/devicemapper.md).
 
+pub mod admin;
 pub mod deviceset;
+pub mod directlvm;
 pub mod error;
 pub mod fs;
+pub mod lvm;
 pub mod options;
 pub mod sidecar;
 pub mod status;
