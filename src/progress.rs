@@ -5,11 +5,18 @@
 
 use std::sync::OnceLock;
 
+/// What a task counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Steps,
+    Bytes,
+}
+
 /// Draws progress somewhere (the CLI's terminal bars).
 pub trait Sink: Send + Sync {
-    /// Starts a task: `total` units of work (bytes, steps), or `None` for
-    /// work whose length is unknown (a spinner).
-    fn start(&self, what: &str, total: Option<u64>) -> Box<dyn Bar>;
+    /// Starts a task: `total` units of work, or `None` for work whose
+    /// length is unknown (a spinner).
+    fn start(&self, what: &str, total: Option<u64>, unit: Unit) -> Box<dyn Bar>;
 }
 
 /// One running task's display.
@@ -34,10 +41,18 @@ pub struct Task {
     bar: Option<Box<dyn Bar>>,
 }
 
-/// Starts reporting `what` (no-op without a sink).
+/// Starts reporting `what` in steps, or as a spinner without a total
+/// (no-op without a sink).
 pub fn task(what: &str, total: Option<u64>) -> Task {
     Task {
-        bar: SINK.get().map(|s| s.start(what, total)),
+        bar: SINK.get().map(|s| s.start(what, total, Unit::Steps)),
+    }
+}
+
+/// Starts reporting `what` counted in bytes.
+pub fn task_bytes(what: &str, total: u64) -> Task {
+    Task {
+        bar: SINK.get().map(|s| s.start(what, Some(total), Unit::Bytes)),
     }
 }
 
@@ -106,7 +121,7 @@ mod tests {
 
     #[test]
     fn without_a_sink_everything_is_silent_and_reading_passes_through() {
-        let t = task("nothing", Some(3));
+        let t = task_bytes("nothing", 3);
         t.set(1);
         t.message("step");
         let mut r = Reader::new(&b"abc"[..], t);

@@ -715,7 +715,16 @@ impl DeviceSet {
         let _ = id;
         let dev = self.activate("", &info)?;
         let made = (|| {
+            let task = crate::progress::task(
+                &format!(
+                    "making the {} filesystem of the base device ({})",
+                    self.fs,
+                    human_size(size.0)
+                ),
+                None,
+            );
             thinfs::mkfs(&self.fs, &dev, &self.opts.mkfs_args)?;
+            task.finish("base device filesystem made");
             fp("devmapper.base.after_mkfs")?;
             if self.layout == Layout::Flat {
                 self.with_temp_mount("", &dev, |mp| {

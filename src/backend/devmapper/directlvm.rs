@@ -209,7 +209,11 @@ pub fn ensure(home: &Path, opts: &DirectLvm) -> Res<String> {
 fn describe(c: &SetupConfig) -> String {
     format!(
         "device {} thinp_percent {} thinp_metapercent {} autoextend_threshold {} autoextend_percent {} (0 = default)",
-        c.device, c.thinp_percent, c.thinp_metapercent, c.autoextend_threshold, c.autoextend_percent
+        c.device,
+        c.thinp_percent,
+        c.thinp_metapercent,
+        c.autoextend_threshold,
+        c.autoextend_percent
     )
 }
 
@@ -219,9 +223,7 @@ fn activate(lvm: &Lvm) -> Res<()> {
         .read_dir()
         .map_err(|e| DevmapperError::io("listing /sys/block", e))?
         .flatten()
-        .any(|e| {
-            fs::read_to_string(e.path().join("dm/name")).is_ok_and(|n| n.trim() == POOL_NAME)
-        })
+        .any(|e| fs::read_to_string(e.path().join("dm/name")).is_ok_and(|n| n.trim() == POOL_NAME))
     {
         return Ok(());
     }

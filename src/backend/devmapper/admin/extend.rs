@@ -336,7 +336,12 @@ mod tests {
             "512M".parse::<SizeChange>().unwrap(),
             SizeChange::To(Bytes(512 << 20))
         );
-        assert!("-1G".parse::<SizeChange>().unwrap_err().contains("shrinking"));
+        assert!(
+            "-1G"
+                .parse::<SizeChange>()
+                .unwrap_err()
+                .contains("shrinking")
+        );
         assert!("+0".parse::<SizeChange>().is_err());
         assert!("+lots".parse::<SizeChange>().is_err());
         let now = Bytes(2 << 30);
@@ -351,6 +356,9 @@ mod tests {
             .target("data", now)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("shrinking it to 1.074GB is not supported"), "{e}");
+        assert!(
+            e.contains("shrinking it to 1.074GB is not supported"),
+            "{e}"
+        );
     }
 }

@@ -489,7 +489,9 @@ mod tests {
         assert!(text.contains(&format!(
             "thinsnap_pool_data_total_bytes{{pool=\"we\\\"ird\\\\pool\"}} {total}\n"
         )));
-        assert!(text.contains("thinsnap_pool_deferred_deleted_devices{pool=\"we\\\"ird\\\\pool\"} 2\n"));
+        assert!(
+            text.contains("thinsnap_pool_deferred_deleted_devices{pool=\"we\\\"ird\\\\pool\"} 2\n")
+        );
         assert!(text.contains("thinsnap_pool_devices{pool=\"we\\\"ird\\\\pool\"} 5\n"));
         assert!(text.contains("thinsnap_pool_check_state{pool=\"we\\\"ird\\\\pool\"} 0\n"));
         // Every sample line is preceded by its HELP and TYPE lines.

@@ -261,7 +261,10 @@ mod tests {
             r.totals.exclusive_bytes + r.totals.shared_bytes,
             r.totals.pool_used_bytes
         );
-        assert_eq!(r.totals.mapped_bytes, (10 + 110 + 110 + 1134 + 3 + 7) * 65536);
+        assert_eq!(
+            r.totals.mapped_bytes,
+            (10 + 110 + 110 + 1134 + 3 + 7) * 65536
+        );
         let by_mapped = build("p", &devices, &usage, 1144, 65536, SortKey::Mapped).unwrap();
         assert_eq!(by_mapped.rows[0].id, "c1");
         assert_eq!(by_mapped.rows[1].id, "img");
@@ -273,7 +276,10 @@ mod tests {
         let e = build("p", &[], &[u(1, 5, 5, 0)], 4, 65536, SortKey::Mapped)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("5 exclusive blocks") && e.contains("only 4"), "{e}");
+        assert!(
+            e.contains("5 exclusive blocks") && e.contains("only 4"),
+            "{e}"
+        );
         assert!("size".parse::<SortKey>().is_err());
         assert_eq!("mapped".parse::<SortKey>().unwrap(), SortKey::Mapped);
     }
