@@ -408,3 +408,81 @@ fn pool_commands_need_an_existing_store() {
             .starts_with("THINPOOL UNKNOWN - no devicemapper store")
     );
 }
+
+#[test]
+fn pool_status_and_check_read_what_a_running_service_publishes() {
+    common::require_vm();
+    let root = tempfile::tempdir().unwrap();
+    let socket = root.path().join("serve.sock");
+    let config = root.path().join("config.toml");
+    fs::write(&config, "").unwrap();
+    let opts: Vec<String> = common::DM_TEST_OPTS.iter().map(|s| s.to_string()).collect();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_thinsnap"));
+    cmd.args(["serve", "--driver", "devicemapper", "--root"])
+        .arg(root.path())
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--config")
+        .arg(&config);
+    for o in &opts {
+        cmd.args(["--storage-opt", o]);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(std::time::Instant::now() < deadline, "serve never listened");
+        assert!(child.try_wait().unwrap().is_none(), "serve exited early");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_thinsnap"))
+            .arg("--root")
+            .arg(root.path())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["pool", "status"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("(served by thinsnap serve, pid "), "{out}");
+    assert!(out.contains(" Data Space Used Percent: "), "{out}");
+    let (code, out, err) = run(&["pool", "status", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        st["pool_name"].as_str().unwrap().ends_with("-pool"),
+        "{out}"
+    );
+    assert_eq!(st["data_space_total"].as_u64(), Some(2 << 30), "{out}");
+    let (code, out, err) = run(&["pool", "check", "--warn", "1", "--crit", "99"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.starts_with("THINPOOL WARNING - "), "{out}");
+    // Changes and the block scan need the store itself: refused, naming
+    // the service.
+    let pid = child.id().to_string();
+    for args in [
+        &["pool", "extend", "--data", "+1G"][..],
+        &["pool", "usage"][..],
+    ] {
+        let (code, _, err) = run(args);
+        assert_ne!(code, 0);
+        assert!(
+            err.contains(&format!("served by thinsnap serve (pid {pid}")),
+            "{args:?}: {err}"
+        );
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+    // The service left its pool active for the next start; release it.
+    let d = thinsnap::backend::devmapper::DevmapperDriver::open(root.path(), &opts).unwrap();
+    d.cleanup().unwrap();
+}

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
-use super::GlobalArgs;
+use super::{GlobalArgs, store};
 use crate::backend::devmapper::admin::{
     self, CheckState, PoolHealth, SizeChange, SortKey, Thresholds, UsageReport,
 };
 use crate::backend::devmapper::{DevmapperDriver, directlvm, status};
+use crate::service::instance;
 use crate::units::human_size;
 
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
@@ -125,7 +126,19 @@ pub fn run(global: &GlobalArgs, cmd: &PoolCommand) -> CliResult {
 }
 
 /// Opens the devicemapper store under `--root`; refuses to create one.
+/// Opens the store for a pool command. Refused while `thinsnap serve`
+/// holds it (a second DeviceSet would race the service's transactions);
+/// `status` and `check` read the service's published health instead.
 fn open(global: &GlobalArgs) -> Result<DevmapperDriver, Box<dyn std::error::Error>> {
+    if let Some(info) = instance::running(&global.root) {
+        return Err(format!(
+            "the store at {} is served by thinsnap serve (pid {}, socket {}): stop the service for this command; `thinsnap pool status`, `pool check` and `thinsnap snapshots usage` work meanwhile",
+            global.root.display(),
+            info.pid,
+            info.socket.display()
+        )
+        .into());
+    }
     if !matches!(global.driver.as_str(), "auto" | "devicemapper") {
         return Err(format!(
             "pool commands work on a devicemapper store, not on --driver {}",
@@ -150,13 +163,42 @@ fn thresholds(a: &ThresholdArgs) -> Result<Thresholds, Box<dyn std::error::Error
     Ok(Thresholds::new(a.warn, a.crit)?)
 }
 
+/// The pool's health: live, or (while a service holds the store) as the
+/// service published it at most a few seconds ago, with a note saying so.
+fn health(
+    global: &GlobalArgs,
+    t: Thresholds,
+) -> Result<(PoolHealth, Option<String>), Box<dyn std::error::Error>> {
+    if let Some(p) = store::served(global)? {
+        if p.driver != "devicemapper" {
+            return Err(format!(
+                "pool commands work on a devicemapper store; thinsnap serve (pid {}) serves {} here",
+                p.pid, p.driver
+            )
+            .into());
+        }
+        let mut h: PoolHealth = serde_json::from_value(p.raw.clone()).map_err(|e| {
+            format!(
+                "the status thinsnap serve (pid {}) published has no pool health ({e}); is it an older thinsnap? restart it",
+                p.pid
+            )
+        })?;
+        h.rewarn(t);
+        return Ok((h, Some(store::served_note(&p))));
+    }
+    let driver = open(global)?;
+    Ok((PoolHealth::read(driver.device_set(), t)?, None))
+}
+
 fn show_status(global: &GlobalArgs, args: &StatusArgs) -> CliResult {
     let t = thresholds(&args.thresholds)?;
-    let driver = open(global)?;
-    let h = PoolHealth::read(driver.device_set(), t)?;
+    let (h, note) = health(global, t)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&h)?);
     } else {
+        if let Some(n) = note {
+            println!("{n}");
+        }
         print!("{}", render_status(&h, &status::lines(&h.status)));
     }
     Ok(ExitCode::SUCCESS)
@@ -258,9 +300,8 @@ pub fn render_usage(r: &UsageReport) -> String {
 fn check(global: &GlobalArgs, args: &CheckArgs) -> CliResult {
     let t = thresholds(&args.thresholds)?;
     // Any failure to look is UNKNOWN (3), the plugin convention.
-    let health = open(global).and_then(|d| Ok(PoolHealth::read(d.device_set(), t)?));
-    let h = match health {
-        Ok(h) => h,
+    let h = match health(global, t) {
+        Ok((h, _)) => h,
         Err(e) => {
             let msg = e.to_string().replace('\n', " ");
             if args.prometheus {

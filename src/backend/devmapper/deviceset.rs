@@ -233,17 +233,22 @@ impl DeviceSet {
             &mut loaded.devices,
             &mut layers,
         )?;
-        if pool_tid == 0 && status.used_data_blocks == 0 && !loaded.devices.is_empty() && owns_pool
+        let newest_device_tid = loaded
+            .devices
+            .values()
+            .map(|d| d.transaction_id)
+            .max()
+            .unwrap_or(0);
+        if newest_device_tid > pool_tid
+            || (pool_tid == 0
+                && status.used_data_blocks == 0
+                && !loaded.devices.is_empty()
+                && owns_pool)
         {
             return Err(DevmapperError::TransactionMismatch {
                 pool: pool.name.clone(),
                 pool_tid,
-                meta_tid: loaded
-                    .devices
-                    .values()
-                    .map(|d| d.transaction_id)
-                    .max()
-                    .unwrap_or(0),
+                meta_tid: newest_device_tid,
                 dir: store.dir().display().to_string(),
             });
         }
@@ -433,13 +438,17 @@ impl DeviceSet {
         let Some(txn) = txn else {
             return Ok(pool_tid);
         };
+        // The pool's id only moves after transaction-metadata names the
+        // next one, so a pool ahead of it was changed by someone else (or
+        // is another pool): Docker only logged this; using the pool would
+        // hand out thin ids it may already hold.
         if txn.open_transaction_id < pool_tid {
-            tracing::warn!(
-                open = txn.open_transaction_id,
-                pool = pool_tid,
-                "open transaction id is less than the pool's transaction id"
-            );
-            return Ok(pool_tid);
+            return Err(DevmapperError::TransactionMismatch {
+                pool: pool.name.clone(),
+                pool_tid,
+                meta_tid: txn.open_transaction_id,
+                dir: store.dir().display().to_string(),
+            });
         }
         if txn.open_transaction_id == pool_tid {
             return Ok(pool_tid);

@@ -3,7 +3,7 @@
 //! (one monitoring-plugin line, exit 0/1/2) and Prometheus text metrics.
 //! Everything past `PoolHealth::read` is pure, so the rules are unit tested.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::super::deviceset::{DeviceSet, PoolSource};
 use super::super::error::DevmapperError;
@@ -67,7 +67,7 @@ impl CheckState {
 }
 
 /// The pool's figures: `docker info`'s and what an admin watches.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PoolHealth {
     #[serde(flatten)]
     pub status: StatusReport,
@@ -149,12 +149,19 @@ impl PoolHealth {
             warnings: Vec::new(),
             status,
         };
-        let (_, mut reasons) = h.evaluate(t);
-        if h.backing == "loopback" {
+        h.rewarn(t);
+        h
+    }
+
+    /// Recomputes the warnings for thresholds `t` (the figures stay): a
+    /// status a service published with its defaults, read with the
+    /// caller's thresholds.
+    pub fn rewarn(&mut self, t: Thresholds) {
+        let (_, mut reasons) = self.evaluate(t);
+        if self.backing == "loopback" {
             reasons.push("devicemapper: usage of loopback devices is strongly discouraged for production use. Use `--storage-opt dm.directlvm_device` or `dm.thinpooldev` to specify a custom block storage device.".into());
         }
-        h.warnings = reasons;
-        h
+        self.warnings = reasons;
     }
 
     /// The state by the monitoring rules, with one reason per problem:
