@@ -51,8 +51,10 @@ test-unit:
 test-host:
 	$(CARGO) test --test 'host_*'
 
+# Two raw disks for vm_directlvm (/dev/vda blank, /dev/vdb gets ext4);
+# sparse files, so they cost no space until written.
 test-vm: $(VM)
-	$(VM) test
+	$(VM) test --disk 1G --disk 256M
 
 $(VM):
 	$(CARGO) build --quiet --bin thinsnap-vm

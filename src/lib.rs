@@ -19,6 +19,7 @@ pub mod fsutil;
 pub mod layer;
 pub mod metadata;
 pub mod probe;
+pub mod progress;
 pub mod service;
 pub mod snapshot;
 pub mod units;

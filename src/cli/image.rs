@@ -150,8 +150,14 @@ fn import_one(
     let pending = Pending::begin(root, id)?;
     driver.create(id, parent, &CreateOpts::default())?;
     let file = File::open(tar).map_err(|e| SnapshotError::io_path("opening", tar, e))?;
-    let mut reader = BufReader::new(file);
+    let len = file
+        .metadata()
+        .map_err(|e| SnapshotError::io_path("inspecting", tar, e))?
+        .len();
+    let task = crate::progress::task_bytes(&format!("importing {}", tar.display()), len);
+    let mut reader = crate::progress::Reader::new(BufReader::new(file), task);
     let size = driver.apply_diff(id, parent, &mut reader)?;
+    reader.finish(&format!("imported {}", tar.display()));
     pending.done()?;
     Ok(size)
 }

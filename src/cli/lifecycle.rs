@@ -18,7 +18,12 @@ use crate::units::parse_size;
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
 #[derive(Debug, Args)]
-pub struct InitArgs {}
+pub struct InitArgs {
+    /// direct-lvm: wipe the signatures (filesystem, partition table, PV
+    /// label) on dm.directlvm_device (same as dm.directlvm_device_force=true).
+    #[arg(long)]
+    pub force: bool,
+}
 
 #[derive(Debug, Args)]
 pub struct LsArgs {
@@ -58,7 +63,14 @@ pub struct UmountArgs {
 pub struct CleanupArgs {}
 
 /// Opens (creating on first use) the store and prints where it is.
-pub fn init(global: &GlobalArgs, _: &InitArgs) -> CliResult {
+pub fn init(global: &GlobalArgs, args: &InitArgs) -> CliResult {
+    let mut global = global.clone();
+    if args.force {
+        global
+            .storage_opts
+            .push("dm.directlvm_device_force=true".into());
+    }
+    let global = &global;
     let driver = store::open(global)?;
     println!(
         "{} store ready under {}",

@@ -7,6 +7,8 @@ pub mod image;
 mod layer;
 mod lifecycle;
 mod metadata;
+mod pool;
+mod progress;
 mod serve;
 mod snapshots;
 mod status;
@@ -77,6 +79,10 @@ pub enum Command {
     /// Docker metadata files of a devicemapper store.
     #[command(subcommand)]
     Metadata(metadata::MetadataCommand),
+    /// The thin pool of a devicemapper store: status, usage per device,
+    /// health check, extend, autoextend.
+    #[command(subcommand)]
+    Pool(pool::PoolCommand),
     /// Import layer tars as a chain of layers (one per tar, bottom first) and print their ids.
     Import(image::ImportArgs),
     /// Write a layer's changes against its parent as an OCI layer tar to stdout.
@@ -98,6 +104,23 @@ pub enum Command {
     Snapshots(snapshots::SnapshotsArgs),
 }
 
+impl Command {
+    /// Commands whose stdout is JSON or a stream get no progress bars.
+    fn prints_json(&self) -> bool {
+        match self {
+            Command::Status(a) => a.json,
+            Command::Doctor(a) => a.json,
+            Command::Ls(a) => a.json,
+            Command::Pool(p) => p.json(),
+            Command::Snapshots(a) => a.json,
+            Command::Inspect(a) => a.json,
+            Command::Changes(a) => a.json,
+            Command::Diff(_) | Command::Serve(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// Runs the CLI and maps the outcome to an exit code; errors are printed
 /// as one line per cause.
 pub fn main() -> ExitCode {
@@ -107,6 +130,7 @@ pub fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     init_tracing(&cli.global.log);
+    progress::enable(cli.command.prints_json());
     match run(cli, &matches) {
         Ok(code) => code,
         Err(e) => {
@@ -127,6 +151,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, Box<dyn std::error::E
         Command::Umount(args) => lifecycle::umount(&cli.global, &args),
         Command::Cleanup(args) => lifecycle::cleanup(&cli.global, &args),
         Command::Metadata(cmd) => metadata::run(&cli.global, &cmd),
+        Command::Pool(cmd) => pool::run(&cli.global, &cmd),
         Command::Import(args) => image::run(&cli.global, &args),
         Command::Diff(args) => layer::diff(&cli.global, &args),
         Command::Apply(args) => layer::apply(&cli.global, &args),

@@ -156,6 +156,17 @@ impl DmControl {
         }
     }
 
+    /// The device's dm uuid (`LVM-…` for LVM volumes), `None` when the
+    /// device has none or does not exist.
+    pub fn uuid(&self, name: &str) -> DmResult<Option<String>> {
+        let n = dm_name(name)?;
+        match self.dm.device_info(&DevId::Name(n)) {
+            Ok(info) => Ok(info.uuid().map(|u| u.to_string())),
+            Err(e) if super::error::errno_of(&e) == Some(Errno::ENXIO) => Ok(None),
+            Err(e) => Err(ioctl("info", name)(e)),
+        }
+    }
+
     /// Creates device `name` with `table` and activates it; on failure the
     /// half-made device is removed again. Makes `/dev/mapper/<name>`.
     pub fn create(&self, name: &str, table: &[TargetLine]) -> DmResult<DevNo> {

@@ -208,6 +208,16 @@ impl Pool {
     /// Per-thin-device usage read from a reserved metadata snapshot with
     /// `thin_ls`, so the live pool keeps running while it is read.
     pub fn thin_usage(&self, ctl: &DmControl) -> DmResult<Vec<ThinUsage>> {
+        self.thin_usage_with_status(ctl).map(|(u, _)| u)
+    }
+
+    /// `thin_usage` and the pool status read while the snapshot is held
+    /// (reserving commits the metadata, so both describe the same moment
+    /// unless writes are in flight).
+    pub fn thin_usage_with_status(
+        &self,
+        ctl: &DmControl,
+    ) -> DmResult<(Vec<ThinUsage>, PoolStatus)> {
         let table = self.table(ctl)?;
         let meta = table.meta.devnode().ok_or_else(|| {
             DmError::io(
@@ -217,6 +227,7 @@ impl Pool {
             )
         })?;
         self.reserve_metadata_snap(ctl)?;
+        let status = self.status(ctl);
         let out = Command::new("thin_ls")
             .arg("--metadata-snap")
             .arg("--no-headers")
@@ -234,11 +245,13 @@ impl Pool {
                 stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
         }
-        parse_thin_ls(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| DmError::Parse {
-            what: "thin_ls output",
-            device: self.name.clone(),
-            line: String::from_utf8_lossy(&out.stdout).into_owned(),
-        })
+        let usage =
+            parse_thin_ls(&String::from_utf8_lossy(&out.stdout)).ok_or_else(|| DmError::Parse {
+                what: "thin_ls output",
+                device: self.name.clone(),
+                line: String::from_utf8_lossy(&out.stdout).into_owned(),
+            })?;
+        Ok((usage, status?))
     }
 }
 

@@ -150,11 +150,7 @@ impl DeviceSet {
                 .output();
             ctl.thin_pool_version()?;
         }
-        if opts.direct_lvm.is_some() {
-            return Err(DevmapperError::Other(
-                "direct-lvm setup (dm.directlvm_device) is not available in this build: create the LVM thin pool yourself and pass dm.thinpooldev=<vg>-<pool>".into(),
-            ));
-        }
+        let mut opts = opts;
         let home = root.join("devicemapper");
         for (dir, mode) in [
             (&home, 0o700),
@@ -163,6 +159,13 @@ impl DeviceSet {
         ] {
             crate::fsutil::ensure_dir(dir, mode)
                 .map_err(|e| DevmapperError::io(format!("creating {}", dir.display()), e))?;
+        }
+        if let Some(lvm) = &opts.direct_lvm {
+            // The pool direct-lvm builds is then adopted like dm.thinpooldev
+            // (first use: empty; later: transaction ids must match). Unlike
+            // Docker, its layers are not discarded before delete by default
+            // (a real device, as with dm.thinpooldev).
+            opts.thin_pool_device = Some(super::directlvm::ensure(&home, lvm)?);
         }
         let side = Sidecar::open(&home)?;
         let layout = match (side.load_store()?, opts.layout) {
@@ -230,17 +233,22 @@ impl DeviceSet {
             &mut loaded.devices,
             &mut layers,
         )?;
-        if pool_tid == 0 && status.used_data_blocks == 0 && !loaded.devices.is_empty() && owns_pool
+        let newest_device_tid = loaded
+            .devices
+            .values()
+            .map(|d| d.transaction_id)
+            .max()
+            .unwrap_or(0);
+        if newest_device_tid > pool_tid
+            || (pool_tid == 0
+                && status.used_data_blocks == 0
+                && !loaded.devices.is_empty()
+                && owns_pool)
         {
             return Err(DevmapperError::TransactionMismatch {
                 pool: pool.name.clone(),
                 pool_tid,
-                meta_tid: loaded
-                    .devices
-                    .values()
-                    .map(|d| d.transaction_id)
-                    .max()
-                    .unwrap_or(0),
+                meta_tid: newest_device_tid,
                 dir: store.dir().display().to_string(),
             });
         }
@@ -430,13 +438,17 @@ impl DeviceSet {
         let Some(txn) = txn else {
             return Ok(pool_tid);
         };
+        // The pool's id only moves after transaction-metadata names the
+        // next one, so a pool ahead of it was changed by someone else (or
+        // is another pool): Docker only logged this; using the pool would
+        // hand out thin ids it may already hold.
         if txn.open_transaction_id < pool_tid {
-            tracing::warn!(
-                open = txn.open_transaction_id,
-                pool = pool_tid,
-                "open transaction id is less than the pool's transaction id"
-            );
-            return Ok(pool_tid);
+            return Err(DevmapperError::TransactionMismatch {
+                pool: pool.name.clone(),
+                pool_tid,
+                meta_tid: txn.open_transaction_id,
+                dir: store.dir().display().to_string(),
+            });
         }
         if txn.open_transaction_id == pool_tid {
             return Ok(pool_tid);
@@ -712,7 +724,16 @@ impl DeviceSet {
         let _ = id;
         let dev = self.activate("", &info)?;
         let made = (|| {
+            let task = crate::progress::task(
+                &format!(
+                    "making the {} filesystem of the base device ({})",
+                    self.fs,
+                    human_size(size.0)
+                ),
+                None,
+            );
             thinfs::mkfs(&self.fs, &dev, &self.opts.mkfs_args)?;
+            task.finish("base device filesystem made");
             fp("devmapper.base.after_mkfs")?;
             if self.layout == Layout::Flat {
                 self.with_temp_mount("", &dev, |mp| {

@@ -1,9 +1,12 @@
 //! The devicemapper backend: Docker's devicemapper storage driver on a
 //! dm-thin pool, in Docker's on-disk format (see docs/devicemapper.md).
 
+pub mod admin;
 pub mod deviceset;
+pub mod directlvm;
 pub mod error;
 pub mod fs;
+pub mod lvm;
 pub mod options;
 pub mod sidecar;
 pub mod status;
@@ -92,9 +95,12 @@ impl Driver for DevmapperDriver {
         Ok(status::lines(&status::report(&self.set)?))
     }
 
+    /// The pool's health (`docker info`'s numbers plus percentages, mode
+    /// and warnings at the default thresholds): what `thinsnap pool
+    /// status|check` read from a service's published status.
     fn status_json(&self) -> Result<serde_json::Value> {
-        let r = status::report(&self.set)?;
-        serde_json::to_value(r).map_err(|e| SnapshotError::invalid(e.to_string()))
+        let h = admin::PoolHealth::read(&self.set, admin::Thresholds::default())?;
+        serde_json::to_value(h).map_err(|e| SnapshotError::invalid(e.to_string()))
     }
 
     fn metadata(&self, id: &LayerId) -> Result<BTreeMap<String, String>> {

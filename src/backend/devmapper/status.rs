@@ -1,7 +1,7 @@
 //! `docker info`'s devicemapper section: the same keys, order and formulas
 //! (sizes printed with decimal units), plus a JSON form with raw numbers.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::deviceset::{DeviceSet, PoolSource};
 use super::error::DevmapperError;
@@ -9,7 +9,7 @@ use crate::dm::status::META_BLOCK_BYTES;
 use crate::units::human_size;
 
 /// Raw numbers behind the status lines.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusReport {
     pub pool_name: String,
     pub pool_blocksize: u64,
