@@ -1207,10 +1207,12 @@ impl DeviceSet {
         fp("devmapper.remove.after_delete")?;
         self.store.remove_device(hash)?;
         fp("devmapper.remove.after_file")?;
-        if !hash.is_empty() {
-            self.side.remove_layer(hash)?;
-        }
         self.close_transaction(&mut st, open)?;
+        if !hash.is_empty() {
+            // Outside the transaction: a record without a device file is
+            // dropped at start.
+            self.side.forget_layer(hash);
+        }
         fp("devmapper.remove.after_commit")?;
         st.devices.remove(hash);
         st.layers.remove(hash);

@@ -91,6 +91,19 @@ impl Sidecar {
         write(&self.layer_path(id), rec)
     }
 
+    /// Unlinks a layer's record without waiting for the directory to reach
+    /// the disk: for a device already deleted from the pool, whose record
+    /// the next start drops anyway if the unlink is lost in a crash.
+    pub fn forget_layer(&self, id: &str) {
+        let p = self.layer_path(id);
+        if let Err(e) = fs::remove_file(&p)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %p.display(), error = %e,
+                "could not remove the record of a deleted layer; the next start drops it");
+        }
+    }
+
     pub fn remove_layer(&self, id: &str) -> Result<(), DevmapperError> {
         let p = self.layer_path(id);
         fsutil::remove_durable(&p)
