@@ -9,7 +9,7 @@ THINSNAP   := target/debug/thinsnap
 DEB_PACKAGES := libdevmapper-dev libclang-dev pkg-config qemu-system-x86 \
 	busybox-static xfsprogs e2fsprogs btrfs-progs thin-provisioning-tools \
 	lvm2 dmsetup kmod cpio util-linux protobuf-compiler \
-	containerd runc
+	containerd runc docker.io
 
 .PHONY: all setup packages build lint fmt clippy test test-unit test-host \
 	test-vm demo bench fuzz clean

@@ -2,6 +2,8 @@
 //! module with `mod common;`, so not every helper is used by every file.
 #![allow(dead_code)]
 
+pub mod docker;
+
 use std::path::Path;
 
 /// Fails the test (never skips it) unless it runs inside the test VM with
