@@ -16,8 +16,18 @@
 //! - `backends`: every thinsnap backend on one workload: an image of stacked
 //!   layers, then containers created (`-init` + rw), mounted, 1 MiB written
 //!   over a file of the image (copy-up vs block CoW), unmounted, removed.
+//! - `workload` (`peers.rs`): Docker 20.10's devicemapper driver (HTTP
+//!   API), containerd's devmapper snapshotter and `thinsnap serve` (gRPC),
+//!   thinsnap's library: a generated 100-layer image imported, 100
+//!   containers created, mounted, written (1 MiB), unmounted, removed, then
+//!   status and usage queries on a pool of 500 devices. The `dm` scenario
+//!   also times LVM thin snapshots (`lvcreate -s`, CLI).
+//! - `scaling`: thinsnap's create, status and usage at 10 → 1000 devices.
 
+#[path = "../tests/common/docker.rs"]
+mod docker;
 mod floor;
+mod peers;
 mod report;
 mod scenarios;
 
@@ -39,7 +49,7 @@ pub const END: &str = "THINSNAP-BENCH-JSON-END";
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: thinsnap-bench run [--quick] [--only dm,grpc,backends]\n       thinsnap-bench report VM-OUTPUT [--md FILE] [--svg FILE]"
+        "usage: thinsnap-bench run [--quick] [--only dm,grpc,workload,backends,scaling]\n       thinsnap-bench report VM-OUTPUT [--md FILE] [--svg FILE]"
     );
     ExitCode::from(2)
 }

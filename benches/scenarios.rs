@@ -14,10 +14,11 @@ use thinsnap::snapshot::container::{create_container, remove_container};
 use thinsnap::snapshot::{CreateOpts, Driver, LayerId};
 
 use crate::floor::{self, RawPool, Res, run_tool};
+use crate::peers::{self, PeerSizes, Workload};
 use crate::{BEGIN, END, Sample};
 
 /// Pool sizes every devicemapper subject gets.
-const DM_OPTS: &[&str] = &[
+pub(crate) const DM_OPTS: &[&str] = &[
     "dm.loopdatasize=8G",
     "dm.loopmetadatasize=256M",
     "dm.basesize=1G",
@@ -35,12 +36,12 @@ struct Sizes {
     containers: usize,
 }
 
-struct Recorder {
-    samples: Vec<Sample>,
+pub(crate) struct Recorder {
+    pub(crate) samples: Vec<Sample>,
 }
 
 impl Recorder {
-    fn time<T>(
+    pub(crate) fn time<T>(
         &mut self,
         scenario: &str,
         subject: &str,
@@ -67,11 +68,11 @@ impl Recorder {
     }
 }
 
-fn id(s: &str) -> Res<LayerId> {
+pub(crate) fn id(s: &str) -> Res<LayerId> {
     LayerId::new(s).map_err(|e| e.to_string())
 }
 
-fn progress(msg: &str) {
+pub(crate) fn progress(msg: &str) {
     eprintln!("[bench] {msg}");
 }
 
@@ -82,7 +83,13 @@ pub fn run(args: &[String]) -> Res<()> {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .map(|s| s.split(',').map(String::from).collect())
-        .unwrap_or_else(|| vec!["dm".into(), "grpc".into(), "backends".into()]);
+        .unwrap_or_else(|| {
+            ["dm", "grpc", "workload", "backends", "scaling"]
+                .map(String::from)
+                .to_vec()
+        });
+    let peer_sizes = PeerSizes::new(quick);
+    let workload = Workload::new(&peer_sizes);
     let sizes = if quick {
         Sizes {
             ops: 10,
@@ -119,14 +126,28 @@ pub fn run(args: &[String]) -> Res<()> {
         free("dm-thinsnap");
         dm_floor_and_dmsetup(&work, &sizes, &mut rec)?;
         free("dm-floor");
+        peers::lvm_dm(&work, &peer_sizes, &mut rec)?;
+        free("dm-lvm");
     }
-    if only.iter().any(|s| s == "grpc") {
-        grpc(&work, &sizes, &mut rec)?;
+    let with_workload = only.iter().any(|s| s == "workload");
+    if only.iter().any(|s| s == "grpc") || with_workload {
+        let w = with_workload.then_some((&workload, &peer_sizes));
+        grpc(&work, &sizes, w, &mut rec)?;
         free("grpc-containerd");
         free("grpc-thinsnap");
     }
+    if with_workload {
+        peers::workload_docker(&work, &workload, &peer_sizes, &mut rec)?;
+        free("wl-docker");
+        peers::workload_library(&work, &workload, &peer_sizes, &mut rec)?;
+        free("wl-library");
+    }
     if only.iter().any(|s| s == "backends") {
         backends(&work, &sizes, &mut rec)?;
+    }
+    if only.iter().any(|s| s == "scaling") {
+        peers::scaling(&work, &peer_sizes, &mut rec)?;
+        free("scaling");
     }
     let meta = serde_json::json!({
         "kernel": fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
@@ -135,6 +156,10 @@ pub fn run(args: &[String]) -> Res<()> {
         "ops": sizes.ops, "layers": sizes.layers, "containers": sizes.containers,
         "wall_s": started.elapsed().as_secs(),
         "containerd": run_tool("containerd", &["--version"]).unwrap_or_default().trim(),
+        "docker": run_tool("dockerd", &["--version"]).unwrap_or_default().trim(),
+        "lvm": run_tool("lvm", &["version"]).unwrap_or_default().lines().next().unwrap_or("").trim(),
+        "image_layers": peer_sizes.image_layers, "workload_containers": peer_sizes.containers,
+        "status_devices": peer_sizes.status_devices,
     });
     let out = serde_json::json!({"meta": meta, "samples": rec.samples});
     let mut stdout = std::io::stdout().lock();
@@ -144,7 +169,7 @@ pub fn run(args: &[String]) -> Res<()> {
     Ok(())
 }
 
-fn opts(list: &[&str]) -> Vec<String> {
+pub(crate) fn opts(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
 
@@ -294,7 +319,7 @@ fn dm_device_count() -> Res<usize> {
 /// Thin devices in the one active thin pool (from `thin_ls` on a metadata
 /// snapshot): containerd deletes removed snapshots' devices in its
 /// garbage collector, after the Remove RPC returned.
-fn thin_device_count() -> Res<usize> {
+pub(crate) fn thin_device_count() -> Res<usize> {
     let listing = run_tool("dmsetup", &["ls", "--target", "thin-pool"])?;
     let names: Vec<&str> = listing
         .lines()
@@ -465,7 +490,14 @@ fn snapshot_api(c: &mut BlockingClient, subject: &str, n: usize, rec: &mut Recor
     Ok(())
 }
 
-fn grpc(work: &Path, sizes: &Sizes, rec: &mut Recorder) -> Res<()> {
+/// The Snapshots API scenario, and (with `workload`) the peer workload
+/// through the same daemons.
+fn grpc(
+    work: &Path,
+    sizes: &Sizes,
+    workload: Option<(&Workload, &PeerSizes)>,
+    rec: &mut Recorder,
+) -> Res<()> {
     progress("grpc: containerd devmapper snapshotter");
     let dir = work.join("grpc-containerd");
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -513,6 +545,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             std::thread::sleep(Duration::from_millis(200));
         }
         snapshot_api(&mut c, "containerd devmapper", sizes.ops, rec)?;
+        if let Some((w, ps)) = workload {
+            peers::workload_grpc(&mut c, "containerd devmapper", work, w, ps, rec)?;
+        }
         drop(c);
         daemon.stop();
         // containerd leaves its base device active; the pool goes with it.
@@ -542,6 +577,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     let mut daemon = Daemon::spawn("thinsnap serve", &mut cmd, &log)?;
     let mut c = connect(&socket, &log)?;
     snapshot_api(&mut c, "thinsnap serve", sizes.ops, rec)?;
+    if let Some((w, ps)) = workload {
+        peers::workload_grpc(&mut c, "thinsnap serve", work, w, ps, rec)?;
+    }
     drop(c);
     daemon.stop();
     Ok(())
