@@ -118,8 +118,12 @@ pub fn run(args: &[String]) -> Res<()> {
     let started = Instant::now();
     // The VM's /tmp is RAM: each scenario's pools and images are freed
     // before the next one starts.
+    // THINSNAP_BENCH_KEEP=1 keeps them (daemon logs) for a look afterwards.
+    let keep = std::env::var_os("THINSNAP_BENCH_KEEP").is_some();
     let free = |what: &str| {
-        let _ = fs::remove_dir_all(work.join(what));
+        if !keep {
+            let _ = fs::remove_dir_all(work.join(what));
+        }
     };
     if only.iter().any(|s| s == "dm") {
         dm_thinsnap(&work, &sizes, &mut rec)?;

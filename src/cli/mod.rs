@@ -167,8 +167,17 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, Box<dyn std::error::E
 fn init_tracing(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // THINSNAP_LOG_SPANS=1 logs each finished span with its duration: how
+    // an admin sees where a slow operation spends its time.
+    let spans = if std::env::var_os("THINSNAP_LOG_SPANS").is_some_and(|v| v != "0") {
+        tracing_subscriber::fmt::format::FmtSpan::CLOSE
+    } else {
+        tracing_subscriber::fmt::format::FmtSpan::NONE
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_span_events(spans)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

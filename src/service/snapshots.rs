@@ -231,6 +231,7 @@ impl SnapshotService {
 
     /// The mounts of an active snapshot or view.
     pub fn mounts(&self, key: &str) -> ServiceResult<Vec<MountSpec>> {
+        let _span = tracing::debug_span!("mounts", key).entered();
         let _held = self.locks.lock(&[key]);
         let record = self.ready(key)?;
         if record.kind == Kind::Committed {

@@ -606,6 +606,7 @@ impl DeviceSet {
     // ---- transactions ------------------------------------------------
 
     fn open_transaction(&self, st: &mut State, hash: &str, id: ThinId) -> Res<u64> {
+        let _span = tracing::debug_span!("open_transaction", id = hash).entered();
         let open = st.pool_tid + 1;
         self.store.save_transaction(&Transaction {
             open_transaction_id: open,
@@ -616,6 +617,7 @@ impl DeviceSet {
     }
 
     fn close_transaction(&self, st: &mut State, open: u64) -> Res<()> {
+        let _span = tracing::debug_span!("close_transaction", open).entered();
         self.pool
             .set_transaction_id(&self.ctl, st.pool_tid, open)
             .map_err(|e| {
@@ -887,6 +889,7 @@ impl DeviceSet {
         }
         let id =
             ThinId::new(info.device_id as u64).map_err(|e| DevmapperError::Other(e.to_string()))?;
+        let _span = tracing::debug_span!("activate", id = hash).entered();
         let devno = dm::thin::activate(
             &self.ctl,
             &name,
@@ -1159,7 +1162,11 @@ impl DeviceSet {
             }
         }
         let deferred = self.deferred_deletion && !sync;
-        if let Err(e) = dm::thin::deactivate(&self.ctl, &name, deferred) {
+        let deactivated = {
+            let _span = tracing::debug_span!("deactivate", id = hash).entered();
+            dm::thin::deactivate(&self.ctl, &name, deferred)
+        };
+        if let Err(e) = deactivated {
             if e.errno() == Some(Errno::EBUSY) {
                 return Err(DevmapperError::Busy {
                     id: hash.to_string(),
@@ -1175,7 +1182,11 @@ impl DeviceSet {
         let mut st = self.state();
         let open = self.open_transaction(&mut st, hash, id)?;
         fp("devmapper.remove.after_txn")?;
-        match self.pool.delete(&self.ctl, id) {
+        let deleted = {
+            let _span = tracing::debug_span!("pool_delete", id = hash).entered();
+            self.pool.delete(&self.ctl, id)
+        };
+        match deleted {
             Ok(_) => {}
             Err(e) if e.errno() == Some(Errno::EBUSY) && deferred => {
                 let marked = DevInfo {
@@ -1272,7 +1283,11 @@ impl DeviceSet {
             ThinId::new(info.device_id as u64).map_err(|e| DevmapperError::Other(e.to_string()))?;
         let mut st = self.state();
         let open = self.open_transaction(&mut st, hash, id)?;
-        match self.pool.delete(&self.ctl, id) {
+        let deleted = {
+            let _span = tracing::debug_span!("pool_delete", id = hash).entered();
+            self.pool.delete(&self.ctl, id)
+        };
+        match deleted {
             Ok(_) => {}
             Err(e) if e.errno() == Some(Errno::EBUSY) => {
                 self.close_transaction(&mut st, open)?;
@@ -1512,7 +1527,14 @@ impl DeviceSet {
             return Err(DevmapperError::Incomplete(hash.to_string()));
         }
         let dev = self.activate(hash, &info)?;
-        let fstype = thinfs::probe(&dev)?.unwrap_or("unknown").to_string();
+        // Every device is a snapshot of the base, so it carries the base's
+        // filesystem; reading the superblock (a first read through the
+        // pool) is only needed when the store never recorded it.
+        let fstype = if self.fs.is_empty() {
+            thinfs::probe(&dev)?.unwrap_or("unknown").to_string()
+        } else {
+            self.fs.clone()
+        };
         Ok((dev, fstype))
     }
 
