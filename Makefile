@@ -75,5 +75,25 @@ bench: setup
 	$(VM) run --timeout 5400 --step-timeout 5400 -- target/release/thinsnap-bench run $(BENCH_ARGS) > $(BENCH_LOG)
 	target/release/thinsnap-bench report $(BENCH_LOG) --md docs/benchmarks.md --svg docs/benchmarks.svg
 
+# Fuzzing (not a test): nightly + cargo-fuzz, each target for FUZZ_SECONDS,
+# seeded from fuzz/corpus (new finds go to target/fuzz-corpus, not git).
+# A crash is copied to fuzz/regressions/<target>/, which `make test`
+# replays (tests/host_fuzz_regressions.rs), and fails the run.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := metadata_parser storage_options tar_applier
+fuzz: packages
+	rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		mkdir -p target/fuzz-corpus/$$t fuzz/regressions/$$t; \
+		echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+		if ! (cd fuzz && cargo +nightly fuzz run $$t ../target/fuzz-corpus/$$t corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -timeout=30); then \
+			cp fuzz/artifacts/$$t/* fuzz/regressions/$$t/ 2>/dev/null || true; \
+			echo "fuzz: $$t found a crash; it is now in fuzz/regressions/$$t (make test replays it)"; \
+			exit 1; \
+		fi; \
+	done
+
 clean:
 	$(CARGO) clean

@@ -16,6 +16,8 @@ pub mod cli;
 pub mod dm;
 pub mod failpoint;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod layer;
 pub mod metadata;
 pub mod probe;

@@ -10,189 +10,17 @@
 
 mod common;
 
+use common::service::*;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use containerd_snapshots::tonic::Code;
-use thinsnap::service::client::{BlockingClient, ClientError};
+use thinsnap::service::client::BlockingClient;
 use thinsnap::service::model::Kind;
-use thinsnap::snapshot::MountSpec;
-use thinsnap::snapshot::mountspec::perform;
-
-const BIN: &str = env!("CARGO_BIN_EXE_thinsnap");
-
-/// One `thinsnap serve` child process on a temp root; SIGTERM on drop.
-struct Service {
-    child: Option<Child>,
-    root: PathBuf,
-    socket: PathBuf,
-    driver: String,
-}
-
-impl Service {
-    fn start(root: &Path, driver: &str, failpoints: &str) -> Service {
-        let socket = root.join("run/thinsnap.sock");
-        // An empty config file, so a host's /etc/thinsnap/config.toml never leaks in.
-        let config = root.join("config.toml");
-        fs::write(&config, "").unwrap();
-        let child = Command::new(BIN)
-            .args(["serve", "--driver", driver, "--log", "info", "--root"])
-            .arg(root)
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--config")
-            .arg(&config)
-            .env("THINSNAP_FAILPOINTS", failpoints)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn thinsnap serve");
-        let mut s = Service {
-            child: Some(child),
-            root: root.to_path_buf(),
-            socket,
-            driver: driver.to_string(),
-        };
-        s.wait_ready();
-        s
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("thinsnap serve exited early: {status}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("thinsnap serve did not listen on {}", self.socket.display());
-    }
-
-    fn client(&self) -> BlockingClient {
-        BlockingClient::connect(&self.socket).expect("connect")
-    }
-
-    /// SIGTERM and wait; returns the exit status.
-    fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        // ESRCH: it already died (the wait below reports how).
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        child.wait().unwrap()
-    }
-
-    /// Waits for a process that a failpoint killed.
-    fn wait_killed(&mut self) {
-        let mut child = self.child.take().expect("running");
-        let status = child.wait().unwrap();
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(9), "expected SIGKILL, got {status}");
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            let _ = self.stop();
-        }
-    }
-}
-
-/// A mount made from the service's specs (as containerd would), undone on drop.
-struct Mounted {
-    dir: tempfile::TempDir,
-}
-
-impl Mounted {
-    fn new(specs: &[MountSpec]) -> Mounted {
-        assert_eq!(specs.len(), 1, "{specs:?}");
-        let dir = tempfile::tempdir().unwrap();
-        perform(&specs[0], dir.path()).unwrap_or_else(|e| panic!("mount {specs:?}: {e}"));
-        Mounted { dir }
-    }
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        if let Err(e) = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::empty()) {
-            let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
-            if !std::thread::panicking() {
-                panic!("umount {}: {e}", self.dir.path().display());
-            }
-        }
-    }
-}
-
-fn none() -> BTreeMap<String, String> {
-    BTreeMap::new()
-}
-
-fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Code {
-    r.expect_err("expected an error")
-        .code()
-        .expect("a gRPC status")
-}
-
-/// Prepare on `parent`, let `write` change the tree, commit as `name`.
-fn layer(c: &mut BlockingClient, name: &str, parent: &str, write: impl FnOnce(&Path)) {
-    let key = format!("default/prep/{name}");
-    let m = c.prepare(&key, parent, &none()).unwrap();
-    {
-        let mnt = Mounted::new(&m);
-        write(mnt.path());
-    }
-    c.commit(name, &key, &none()).unwrap();
-}
-
-/// Reads the whole tree of a view of `parent` as (path → contents or
-/// `<dir>`), so checks compare data, not exit codes.
-fn view_tree(c: &mut BlockingClient, parent: &str) -> BTreeMap<String, String> {
-    let key = format!("default/view/{parent}/{}", uuid::Uuid::new_v4());
-    let m = c.view(&key, parent, &none()).unwrap();
-    let tree = {
-        let mnt = Mounted::new(&m);
-        let mut out = BTreeMap::new();
-        walk(mnt.path(), mnt.path(), &mut out);
-        out
-    };
-    c.remove(&key).unwrap();
-    tree
-}
-
-fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-    for e in fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        let rel = e.path().strip_prefix(root).unwrap().display().to_string();
-        let ft = e.file_type().unwrap();
-        if ft.is_dir() {
-            out.insert(rel, "<dir>".into());
-            walk(root, &e.path(), out);
-        } else if ft.is_file() {
-            out.insert(rel, fs::read_to_string(e.path()).unwrap());
-        } else {
-            out.insert(rel, "<other>".into());
-        }
-    }
-}
-
-fn tree(entries: &[(&str, &str)]) -> BTreeMap<String, String> {
-    entries
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
 
 /// The containerd suite cases, on one running service.
 fn suite(driver: &str) {
@@ -420,65 +248,6 @@ fn process_guarantees(driver: &str) {
     assert_eq!(svc.client().stat("k").unwrap().kind, Kind::Active);
 }
 
-/// kill -9 at every service failpoint, then a restart must repair:
-/// the interrupted key is gone or complete, every record has its layer,
-/// every service layer has its record.
-fn crash_at_failpoints(driver: &str) {
-    common::require_root();
-    for fp in thinsnap::service::snapshots::FAILPOINTS {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let svc = Service::start(dir.path(), driver, "");
-            let mut c = svc.client();
-            layer(&mut c, "base", "", |p| {
-                fs::write(p.join("f"), "base").unwrap()
-            });
-            c.prepare("victim", "base", &none()).unwrap();
-        }
-        let mut svc = Service::start(dir.path(), driver, &format!("{fp}=kill"));
-        let mut c = svc.client();
-        let r = if fp.starts_with("service.prepare") {
-            c.prepare("new", "base", &none()).map(|_| ())
-        } else {
-            c.remove("victim")
-        };
-        assert!(r.is_err(), "{fp}: the request must die with the process");
-        drop(c);
-        svc.wait_killed();
-        // Restart without failpoints: repair runs before serving.
-        let svc = Service::start(dir.path(), driver, "");
-        let mut c = svc.client();
-        let names: Vec<String> = c.walk(&[]).unwrap().into_iter().map(|i| i.name).collect();
-        if fp.starts_with("service.prepare") {
-            assert_eq!(names, ["base", "victim"], "{fp}");
-            // The key is free again and the parent has no phantom child.
-            c.prepare("new", "base", &none()).unwrap();
-            c.remove("new").unwrap();
-        } else {
-            assert_eq!(names, ["base"], "{fp}");
-        }
-        c.remove("victim").ok();
-        assert_eq!(view_tree(&mut c, "base")["f"], "base", "{fp}");
-        c.remove("base").unwrap();
-        drop(c);
-        drop(svc);
-        // Nothing left: no layer without a record.
-        let store = thinsnap::backend::open(&thinsnap::backend::StoreConfig {
-            root: dir.path().to_path_buf(),
-            driver: driver.to_string(),
-            storage_opts: vec![],
-        })
-        .unwrap();
-        let left: Vec<String> = store
-            .list()
-            .unwrap()
-            .into_iter()
-            .map(|l| l.id.to_string())
-            .collect();
-        assert!(left.is_empty(), "{fp}: layers left behind: {left:?}");
-    }
-}
-
 #[test]
 fn vfs_containerd_suite() {
     suite("vfs");
@@ -496,7 +265,7 @@ fn vfs_process_guarantees() {
 
 #[test]
 fn vfs_crash_at_every_failpoint() {
-    crash_at_failpoints("vfs");
+    crash_at_failpoints("vfs", &[]);
 }
 
 #[test]

@@ -45,6 +45,16 @@ fn checksum_tree(dir: &Path) -> BTreeMap<String, (u32, u64, u64)> {
     out
 }
 
+/// The sentinel lives at a fixed path (the archives aim at it); it goes
+/// when the test ends, pass or fail.
+struct RemoveOnDrop(&'static Path);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(self.0);
+    }
+}
+
 fn make_sentinel() {
     let s = Path::new(SENTINEL);
     fs::create_dir_all(s.join("dir")).unwrap();
@@ -96,6 +106,7 @@ fn full_message(e: &thinsnap::snapshot::SnapshotError) -> String {
 fn every_hostile_archive_stays_inside_the_layer() {
     common::require_root();
     make_sentinel();
+    let _gone = RemoveOnDrop(Path::new(SENTINEL));
     let before = checksum_tree(Path::new(SENTINEL));
     let store = tempfile::tempdir().unwrap();
     let driver = VfsDriver::open(store.path(), &[]).unwrap();

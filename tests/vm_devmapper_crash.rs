@@ -271,3 +271,136 @@ fn mount_and_unmount_interrupted() {
     assert_eq!(read(d, "p"), b"committed before the crash");
     store.assert_consistent();
 }
+
+/// Runs `thinsnap apply ID --parent P` with `tar` on stdin and `fp` armed;
+/// true when killed.
+fn apply_killed(root: &Path, layer: &str, tar: &Path, fp: &str) -> bool {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_thinsnap"));
+    cmd.args(["--driver", "devicemapper", "--root"]).arg(root);
+    for o in common::DM_TEST_OPTS {
+        cmd.args(["-s", o]);
+    }
+    let out = cmd
+        .args(["apply", layer, "--parent", "p"])
+        .env("THINSNAP_FAILPOINTS", format!("{fp}=kill"))
+        .stdin(fs::File::open(tar).unwrap())
+        .output()
+        .unwrap();
+    out.status.signal() == Some(9)
+}
+
+#[test]
+fn apply_diff_interrupted_leaves_a_layer_marked_incomplete_never_served() {
+    common::require_vm();
+    let mut store = store_with_parent();
+    let tar = store.root().join("layer.tar");
+    {
+        let mut b = tar::Builder::new(fs::File::create(&tar).unwrap());
+        let body = vec![b'x'; 3 << 20];
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(&mut h, "big", &body[..]).unwrap();
+        b.finish().unwrap();
+    }
+    for fp in thinsnap::snapshot::naive::FAILPOINTS {
+        let layer = format!("a-{}", fp.rsplit('.').next().unwrap());
+        store.driver = None;
+        assert!(
+            apply_killed(store.root(), &layer, &tar, fp),
+            "{fp}: not killed"
+        );
+        store.reopen();
+        store.assert_consistent();
+        let d = store.driver();
+        let info = d
+            .list()
+            .unwrap()
+            .into_iter()
+            .find(|l| l.id.as_str() == layer)
+            .unwrap_or_else(|| panic!("{fp}: the layer was created before the apply"));
+        assert!(info.incomplete, "{fp}: marked incomplete");
+        let e = d.get(&id(&layer), None).unwrap_err();
+        assert_eq!(e.kind(), thinsnap::snapshot::ErrorKind::Incomplete, "{e}");
+        let e = d
+            .create(&id("child"), Some(&id(&layer)), &CreateOpts::default())
+            .unwrap_err();
+        assert_eq!(e.kind(), thinsnap::snapshot::ErrorKind::Incomplete, "{e}");
+        // The client's way out: remove it and apply again.
+        d.remove(&id(&layer)).unwrap();
+        d.create(&id(&layer), Some(&id("p")), &CreateOpts::default())
+            .unwrap();
+        d.apply_diff(
+            &id(&layer),
+            Some(&id("p")),
+            &mut fs::File::open(&tar).unwrap(),
+        )
+        .unwrap();
+        let root = d.get(&id(&layer), None).unwrap();
+        assert_eq!(fs::metadata(root.join("big")).unwrap().len(), 3 << 20);
+        assert_eq!(
+            fs::read(root.join("data")).unwrap(),
+            b"committed before the crash"
+        );
+        d.put(&id(&layer)).unwrap();
+        store.assert_consistent();
+    }
+}
+
+#[test]
+fn pool_extend_interrupted_is_finished_by_running_it_again() {
+    common::require_vm();
+    let mut store = store_with_parent();
+    let total = |store: &DmStore| {
+        store
+            .driver()
+            .device_set()
+            .pool_status()
+            .unwrap()
+            .total_data_blocks
+    };
+    let before = total(&store);
+    for (k, fp) in ["pool.extend.after_file", "pool.extend.after_capacity"]
+        .iter()
+        .enumerate()
+    {
+        let size = format!("{}G", 3 + k);
+        store.driver = None;
+        assert!(
+            thinsnap(store.root(), &["pool", "extend", "--data", &size], Some(fp)),
+            "{fp}: not killed"
+        );
+        store.reopen();
+        store.assert_consistent();
+        assert_eq!(
+            read(store.driver(), "p"),
+            b"committed before the crash",
+            "{fp}"
+        );
+        store.driver = None;
+        assert!(!thinsnap(
+            store.root(),
+            &["pool", "extend", "--data", &size],
+            None
+        ));
+        store.reopen();
+        let blocks = total(&store);
+        assert!(blocks > before, "{fp}: grown");
+        let block = store.driver().device_set().block_size().0;
+        assert_eq!(
+            blocks * block,
+            (3 + k as u64) << 30,
+            "{fp}: exactly the size asked for"
+        );
+        store
+            .driver()
+            .create(
+                &id(&format!("after-{k}")),
+                Some(&id("p")),
+                &CreateOpts::default(),
+            )
+            .unwrap();
+        store.assert_consistent();
+    }
+}

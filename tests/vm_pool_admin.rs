@@ -68,22 +68,7 @@ fn syncfs(path: &Path) {
     nix::unistd::syncfs(fs::File::open(path).unwrap()).unwrap();
 }
 
-/// Runs the `thinsnap` binary on `store`; returns (exit code, stdout, stderr).
-fn cli(store: &DmStore, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_thinsnap"));
-    cmd.arg("--root")
-        .arg(store.root())
-        .args(["--driver", "devicemapper"]);
-    for o in &store.opts {
-        cmd.args(["--storage-opt", o]);
-    }
-    let out = cmd.args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::cli;
 
 fn usage_row<'a>(r: &'a admin::UsageReport, layer: &str) -> &'a admin::usage::UsageRow {
     r.rows

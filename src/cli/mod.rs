@@ -3,6 +3,7 @@
 
 mod container;
 mod doctor;
+mod fsck;
 pub mod image;
 mod layer;
 mod lifecycle;
@@ -76,6 +77,10 @@ pub enum Command {
     Umount(lifecycle::UmountArgs),
     /// Unmount everything and release kernel resources (the store stays).
     Cleanup(lifecycle::CleanupArgs),
+    /// Check a devicemapper store against its pool: orphan thin ids, device
+    /// files without thin ids, stale transactions, stray temp files, leaked
+    /// mounts and devices; repairs only with --repair.
+    Fsck(fsck::FsckArgs),
     /// Docker metadata files of a devicemapper store.
     #[command(subcommand)]
     Metadata(metadata::MetadataCommand),
@@ -110,6 +115,7 @@ impl Command {
         match self {
             Command::Status(a) => a.json,
             Command::Doctor(a) => a.json,
+            Command::Fsck(a) => a.json,
             Command::Ls(a) => a.json,
             Command::Pool(p) => p.json(),
             Command::Snapshots(a) => a.json,
@@ -160,6 +166,7 @@ fn run(cli: Cli, matches: &ArgMatches) -> Result<ExitCode, Box<dyn std::error::E
         Command::Rm(args) => layer::rm(&cli.global, &args),
         Command::Container(cmd) => container::run(&cli.global, &cmd),
         Command::Serve(args) => serve::run(&cli.global, &args, matches),
+        Command::Fsck(args) => fsck::run(&cli.global, &args),
         Command::Snapshots(args) => snapshots::run(&cli.global, &args),
     }
 }

@@ -90,6 +90,19 @@ pub fn find_attached(file: &Path) -> DmResult<Option<Loop>> {
     Ok(None)
 }
 
+/// Where loop device `devno` reads from now (`/sys/dev/block/M:m/loop/
+/// backing_file`, which says `(deleted)` after an unlink), with its node.
+pub fn backing_of(devno: DevNo) -> Option<(PathBuf, String)> {
+    let sys = PathBuf::from(format!("/sys/dev/block/{devno}"));
+    let backing = fs::read_to_string(sys.join("loop/backing_file")).ok()?;
+    let name = fs::read_link(&sys)
+        .ok()?
+        .file_name()?
+        .to_string_lossy()
+        .into_owned();
+    Some((PathBuf::from("/dev").join(name), backing.trim().to_string()))
+}
+
 /// Older kernels lack backing_dev/backing_inode: fall back to comparing the
 /// backing file path.
 fn backing_dev_from_file(sys: &Path) -> std::io::Result<String> {

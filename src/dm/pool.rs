@@ -38,7 +38,7 @@ fn ser_devno<S: serde::Serializer>(d: &DevNo, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl PoolTable {
-    fn line(&self) -> TargetLine {
+    pub fn line(&self) -> TargetLine {
         let mut params = format!(
             "{} {} {} {} {}",
             self.meta,

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod docker;
+pub mod hammer;
+pub mod service;
 
 use std::path::Path;
 
@@ -247,6 +249,24 @@ impl DmStore {
             );
         }
     }
+}
+
+/// Runs the `thinsnap` binary on `store` with its options; returns (exit
+/// code, stdout, stderr).
+pub fn cli(store: &DmStore, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_thinsnap"));
+    cmd.arg("--root")
+        .arg(store.root())
+        .args(["--driver", "devicemapper"]);
+    for o in &store.opts {
+        cmd.args(["--storage-opt", o]);
+    }
+    let out = cmd.args(args).output().expect("running thinsnap");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 impl Drop for DmStore {

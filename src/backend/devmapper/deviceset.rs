@@ -195,7 +195,19 @@ impl DeviceSet {
             }
         };
         let prefix = docker_prefix(&home)?;
-        let (pool, pool_table, source, owns_pool) = Self::setup_pool(&ctl, &home, &prefix, &opts)?;
+        let (pool, mut pool_table, source, owns_pool) =
+            Self::setup_pool(&ctl, &home, &prefix, &opts)?;
+        if let Some(want) = opts.error_if_no_space
+            && pool_table.features.iter().any(|f| f == "error_if_no_space") != want
+        {
+            // A table reload (the pool stays online) switches the mode.
+            pool_table.features.retain(|f| f != "error_if_no_space");
+            if want {
+                pool_table.features.push("error_if_no_space".into());
+            }
+            ctl.reload(&pool.name, &[pool_table.line()])?;
+            tracing::info!(pool = %pool.name, error_if_no_space = want, "pool no-space mode changed");
+        }
         let pool_devno = pool.devno(&ctl)?;
         let store = MetadataStore::open(&home.join("metadata"))?;
         let legacy = home.join("devicemapper").join("json");
@@ -322,6 +334,17 @@ impl DeviceSet {
         Ok(set)
     }
 
+    /// Brings the pool up (loop devices and table) without reading or
+    /// changing any metadata: what `fsck` needs to look at thin ids.
+    pub(super) fn bring_up_pool(
+        ctl: &DmControl,
+        home: &Path,
+        prefix: &str,
+        opts: &DmStoreOptions,
+    ) -> Res<(Pool, PoolTable, PoolSource, bool)> {
+        Self::setup_pool(ctl, home, prefix, opts)
+    }
+
     fn setup_pool(
         ctl: &DmControl,
         home: &Path,
@@ -353,15 +376,30 @@ impl DeviceSet {
                 let data_file = dir.join("data");
                 let meta_file = dir.join("metadata");
                 let existing = Pool::open(ctl, &name)?;
-                if existing.is_some() && (!data_file.exists() || !meta_file.exists()) {
+                if let Some((_, table)) = &existing
+                    && (!data_file.exists() || !meta_file.exists())
+                {
+                    let (what, file, devno) = if data_file.exists() {
+                        ("metadata", &meta_file, table.meta)
+                    } else {
+                        ("data", &data_file, table.data)
+                    };
+                    let whereabouts = match loopback::backing_of(devno) {
+                        Some((dev, b)) if b.ends_with("(deleted)") => format!(
+                            "it was deleted, but {} still holds its contents until the pool is released: copy them to safety first (e.g. `cp --sparse=always {} {}.rescued`), then restore the file",
+                            dev.display(),
+                            dev.display(),
+                            file.display()
+                        ),
+                        Some((dev, b)) => format!(
+                            "{} now reads it from {b} (moved): move it back",
+                            dev.display()
+                        ),
+                        None => "committed data lives in it: restore it".to_string(),
+                    };
                     return Err(DevmapperError::Other(format!(
-                        "pool {name} is active but its loopback {} file is missing from {} (moved or deleted under a running store?); committed data lives in the files: restore them, or run `thinsnap cleanup` to release the pool",
-                        if data_file.exists() {
-                            "metadata"
-                        } else {
-                            "data"
-                        },
-                        dir.display()
+                        "pool {name} is active but its loopback {what} file {} is missing: {whereabouts}",
+                        file.display()
                     )));
                 }
                 if existing.is_none() {
@@ -408,7 +446,11 @@ impl DeviceSet {
             data,
             block_size: opts.block_size,
             low_water_mark: super::options::DEFAULT_LOW_WATER_MARK,
-            features: vec!["skip_block_zeroing".into()],
+            features: if opts.error_if_no_space == Some(true) {
+                vec!["skip_block_zeroing".into(), "error_if_no_space".into()]
+            } else {
+                vec!["skip_block_zeroing".into()]
+            },
         };
         let pool = Pool::create(ctl, &name, &table)?;
         fp("devmapper.pool.after_create")?;
@@ -1232,6 +1274,66 @@ impl DeviceSet {
         Ok(())
     }
 
+    /// Deletes a thin id no device file owns (fsck's repair), inside a
+    /// pool transaction named after no device, so a crash here is rolled
+    /// back like any other.
+    pub fn delete_orphan_thin(&self, id: u32) -> Res<()> {
+        let thin = ThinId::new(id as u64).map_err(|e| DevmapperError::Other(e.to_string()))?;
+        let mut st = self.state();
+        if st.devices.values().any(|d| d.device_id == id) {
+            return Err(DevmapperError::Other(format!(
+                "thin id {id} belongs to a device of this store; not deleting it"
+            )));
+        }
+        // A dot-name: the rollback's removal of "its file" touches nothing.
+        let pseudo = format!(".fsck-orphan-{id}");
+        let open = self.open_transaction(&mut st, &pseudo, thin)?;
+        if let Err(e) = self.pool.delete(&self.ctl, thin) {
+            let _ = self.close_transaction(&mut st, open);
+            return Err(e.into());
+        }
+        self.close_transaction(&mut st, open)?;
+        st.alloc.free(thin);
+        Ok(())
+    }
+
+    /// Forgets a device whose thin id the pool does not have (fsck's
+    /// repair): its file and layer record go; there is no data to lose.
+    pub fn forget_missing(&self, hash: &str) -> Res<()> {
+        if hash.is_empty() {
+            return Err(DevmapperError::Other(
+                "the base device cannot be forgotten; recreate the store".into(),
+            ));
+        }
+        let lock = self.layer_lock(hash);
+        let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.state();
+        let Some(info) = st.devices.get(hash).copied() else {
+            return Ok(());
+        };
+        if self
+            .pool
+            .thin_usage(&self.ctl)?
+            .iter()
+            .any(|u| u.id == info.device_id)
+        {
+            return Err(DevmapperError::Other(format!(
+                "device {hash}'s thin id {} is in the pool; not forgetting it",
+                info.device_id
+            )));
+        }
+        let name = self.device_name(hash);
+        if self.ctl.info(&name)?.is_some() {
+            dm::thin::deactivate(&self.ctl, &name, false)?;
+        }
+        self.store.remove_device(hash)?;
+        self.side.remove_layer(hash)?;
+        st.devices.remove(hash);
+        st.layers.remove(hash);
+        st.refs.remove(hash);
+        Ok(())
+    }
+
     /// Durably marks a device deleted: invisible to users from now on, and
     /// deleted from the pool by the next retry if this removal stops.
     fn mark_deleted(&self, hash: &str, info: DevInfo) -> Res<()> {
@@ -1460,14 +1562,45 @@ impl DeviceSet {
                 }
             }
         }
-        self.unmount_and_deactivate(hash)
+        let released = self.unmount_and_deactivate(hash);
+        if released.is_err() && mounts::is_mount_point(&mp) {
+            // Still mounted: the reference stays, so a later put retries.
+            self.state().refs.insert(hash.to_string(), 1);
+        }
+        released
     }
 
     fn unmount_and_deactivate(&self, hash: &str) -> Res<()> {
         let mp = self.mount_path(hash);
         if mounts::is_mount_point(&mp) {
-            mounts::unmount(&mp, true)
-                .map_err(|e| DevmapperError::io(format!("unmounting {}", mp.display()), e))?;
+            // Not lazy: a detached mount would keep the device busy with
+            // nobody left to name. EBUSY names who holds the mount instead.
+            let mut tries = 0;
+            loop {
+                match mounts::unmount(&mp, false) {
+                    Ok(()) => break,
+                    Err(e) if e.raw_os_error() == Some(Errno::EBUSY as i32) && tries < 10 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    Err(e) if e.raw_os_error() == Some(Errno::EBUSY as i32) => {
+                        return Err(DevmapperError::Busy {
+                            id: display_hash(hash).to_string(),
+                            detail: format!(
+                                "unmounting {}: target is busy{}",
+                                mp.display(),
+                                self.holders_suffix(hash)
+                            ),
+                        });
+                    }
+                    Err(e) => {
+                        return Err(DevmapperError::io(
+                            format!("unmounting {}", mp.display()),
+                            e,
+                        ));
+                    }
+                }
+            }
         }
         fp("devmapper.put.after_umount")?;
         // rmdir also drops copies of the mount leaked into other mount

@@ -6,6 +6,7 @@ pub mod deviceset;
 pub mod directlvm;
 pub mod error;
 pub mod fs;
+pub mod fsck;
 pub mod lvm;
 pub mod options;
 pub mod sidecar;

@@ -66,6 +66,11 @@ pub struct DmStoreOptions {
     pub libdm_log_level: u32,
     /// None: keep the store's recorded layout (Docker's for a new store).
     pub layout: Option<Layout>,
+    /// `thinsnap.error_if_no_space`: a full pool fails writes with ENOSPC
+    /// at once instead of queueing them (the kernel's default, which
+    /// hangs containers for `no_space_timeout`). None: leave the pool as
+    /// it is (Docker's table for a new pool).
+    pub error_if_no_space: Option<bool>,
 }
 
 impl Default for DmStoreOptions {
@@ -91,6 +96,7 @@ impl Default for DmStoreOptions {
             direct_lvm: None,
             libdm_log_level: 2,
             layout: None,
+            error_if_no_space: None,
         }
     }
 }
@@ -256,6 +262,7 @@ impl DmStoreOptions {
                         }
                     }
                 }
+                "thinsnap.error_if_no_space" => o.error_if_no_space = Some(boolean(&key, value)?),
                 _ => return Err(OptionError(format!("devmapper: Unknown option {key}"))),
             }
         }
@@ -395,6 +402,13 @@ mod tests {
         );
         assert!(parse(&["dm.libdm_log_level=9"]).is_err());
         assert!(parse(&["thinsnap.layout=weird"]).is_err());
+        assert_eq!(
+            parse(&["thinsnap.error_if_no_space=true"])
+                .unwrap()
+                .error_if_no_space,
+            Some(true)
+        );
+        assert!(parse(&["thinsnap.error_if_no_space=sometimes"]).is_err());
         assert!(
             parse(&[
                 "dm.use_deferred_removal=false",
