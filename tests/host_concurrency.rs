@@ -7,7 +7,7 @@ mod common;
 
 use thinsnap::backend::overlay2::Overlay2Driver;
 use thinsnap::backend::shared::mounts;
-use thinsnap::snapshot::{CreateOpts, Driver, LayerId};
+use thinsnap::snapshot::Driver;
 
 #[test]
 fn overlay2_16_clients_x_200_mixed_operations() {
@@ -15,18 +15,7 @@ fn overlay2_16_clients_x_200_mixed_operations() {
     let dir = tempfile::tempdir().unwrap();
     let loops_before = common::loops_backed_by(dir.path());
     let d = Overlay2Driver::open(dir.path(), &[]).unwrap();
-    let images: Vec<LayerId> = (0..3)
-        .map(|i| LayerId::new(&format!("img{i}")).unwrap())
-        .collect();
-    let mut parent: Option<LayerId> = None;
-    for img in &images {
-        d.create(img, parent.as_ref(), &CreateOpts::default())
-            .unwrap();
-        let root = d.get(img, None).unwrap();
-        std::fs::write(root.join(format!("{}.txt", img.as_str())), b"image").unwrap();
-        d.put(img).unwrap();
-        parent = Some(img.clone());
-    }
+    let images = common::hammer::stack_images(&d, 3);
     let tally = common::hammer::hammer(&d, &images, 16, 200);
     eprintln!("{tally:?}");
     assert_eq!(tally.by_kind.values().sum::<usize>(), 16 * 200);

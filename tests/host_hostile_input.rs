@@ -7,32 +7,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
-
-fn tree(dir: &Path) -> BTreeMap<String, (u32, u64, Vec<u8>)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let md = fs::symlink_metadata(e.path()).unwrap();
-            let body = if md.is_file() {
-                fs::read(e.path()).unwrap()
-            } else {
-                Vec::new()
-            };
-            if md.is_dir() {
-                stack.push(e.path());
-            }
-            out.insert(e.path().display().to_string(), (md.mode(), md.len(), body));
-        }
-    }
-    out
-}
 
 fn thinsnap(root: &Path, driver: &str, args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_thinsnap"))
@@ -59,8 +36,8 @@ fn hostile_ids_options_and_parents_get_clear_errors_and_touch_nothing() {
     let root = top.path().join("store");
     let (code, err) = thinsnap(&root, "vfs", &["create", "good"]);
     assert_eq!(code, 0, "{err}");
-    let before = tree(&sentinel);
-    let store_before = tree(&root);
+    let before = common::checksum_tree(&sentinel);
+    let store_before = common::checksum_tree(&root);
 
     let long = "a".repeat(256);
     let cases: Vec<(String, &str)> = vec![
@@ -134,9 +111,13 @@ fn hostile_ids_options_and_parents_get_clear_errors_and_touch_nothing() {
     let (code, err) = thinsnap(&root, "vfs", &["create", "child", "--parent", "nope"]);
     assert_ne!(code, 0);
     assert!(err.contains("nope"), "names the unknown parent: {err}");
-    assert_eq!(tree(&sentinel), before, "nothing outside the store changed");
     assert_eq!(
-        tree(&root),
+        common::checksum_tree(&sentinel),
+        before,
+        "nothing outside the store changed"
+    );
+    assert_eq!(
+        common::checksum_tree(&root),
         store_before,
         "refused requests left the store as it was"
     );

@@ -7,10 +7,8 @@
 mod common;
 mod tarslip;
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use tarslip::{ETC_CANARY, Expect, SENTINEL};
@@ -19,30 +17,6 @@ use thinsnap::snapshot::{CreateOpts, Driver, ErrorKind, LayerId};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tarslip")
-}
-
-/// Path → (type, mode, size, content hash) of everything under `dir`.
-fn checksum_tree(dir: &Path) -> BTreeMap<String, (u32, u64, u64)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let md = fs::symlink_metadata(e.path()).unwrap();
-            let mut h = DefaultHasher::new();
-            if md.is_file() {
-                fs::read(e.path()).unwrap().hash(&mut h);
-            }
-            if md.is_dir() {
-                stack.push(e.path());
-            }
-            out.insert(
-                e.path().display().to_string(),
-                (md.mode(), md.len(), h.finish()),
-            );
-        }
-    }
-    out
 }
 
 /// The sentinel lives at a fixed path (the archives aim at it); it goes
@@ -107,7 +81,7 @@ fn every_hostile_archive_stays_inside_the_layer() {
     common::require_root();
     make_sentinel();
     let _gone = RemoveOnDrop(Path::new(SENTINEL));
-    let before = checksum_tree(Path::new(SENTINEL));
+    let before = common::checksum_tree(Path::new(SENTINEL));
     let store = tempfile::tempdir().unwrap();
     let driver = VfsDriver::open(store.path(), &[]).unwrap();
     let mut failures = Vec::new();
@@ -172,7 +146,7 @@ fn every_hostile_archive_stays_inside_the_layer() {
             failures.push(format!("{}: {p}", case.file));
         }
         driver.remove(&id).unwrap();
-        let after = checksum_tree(Path::new(SENTINEL));
+        let after = common::checksum_tree(Path::new(SENTINEL));
         assert_eq!(
             before, after,
             "{}: the sentinel tree outside the layer changed",

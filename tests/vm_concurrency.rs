@@ -10,25 +10,13 @@ use std::collections::BTreeSet;
 
 use common::DmStore;
 use thinsnap::backend::shared::mounts;
-use thinsnap::snapshot::{CreateOpts, Driver, LayerId};
 
 #[test]
 fn devicemapper_16_clients_x_200_mixed_operations() {
     common::require_vm();
     let mut store = DmStore::new(&["dm.fs=ext4"]);
     let d = store.driver();
-    let images: Vec<LayerId> = (0..3)
-        .map(|i| LayerId::new(&format!("img{i}")).unwrap())
-        .collect();
-    let mut parent: Option<LayerId> = None;
-    for img in &images {
-        d.create(img, parent.as_ref(), &CreateOpts::default())
-            .unwrap();
-        let root = d.get(img, None).unwrap();
-        std::fs::write(root.join(format!("{}.txt", img.as_str())), b"image").unwrap();
-        d.put(img).unwrap();
-        parent = Some(img.clone());
-    }
+    let images = common::hammer::stack_images(d, 3);
     let tally = common::hammer::hammer(d, &images, 16, 200);
     eprintln!("{tally:?}");
     assert_eq!(tally.by_kind.values().sum::<usize>(), 16 * 200);

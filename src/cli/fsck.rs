@@ -10,7 +10,6 @@ use serde::Serialize;
 use super::GlobalArgs;
 use crate::backend::devmapper::DmStoreOptions;
 use crate::backend::devmapper::fsck::{self, Action, Finding};
-use crate::service::instance;
 
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
@@ -46,15 +45,7 @@ pub fn run(global: &GlobalArgs, args: &FsckArgs) -> CliResult {
 }
 
 fn check(global: &GlobalArgs, args: &FsckArgs) -> CliResult {
-    if let Some(info) = instance::running(&global.root) {
-        return Err(format!(
-            "the store at {} is served by thinsnap serve (pid {}, socket {}): stop the service before fsck",
-            global.root.display(),
-            info.pid,
-            info.socket.display()
-        )
-        .into());
-    }
+    super::store::refuse_while_served(global, "")?;
     if !matches!(global.driver.as_str(), "auto" | "devicemapper") {
         return Err(format!(
             "fsck checks devicemapper stores; {} stores repair themselves when they open (see docs/reliability.md)",

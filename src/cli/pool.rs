@@ -15,7 +15,6 @@ use crate::backend::devmapper::admin::{
     self, CheckState, PoolHealth, SizeChange, SortKey, Thresholds, UsageReport,
 };
 use crate::backend::devmapper::{DevmapperDriver, directlvm, status};
-use crate::service::instance;
 use crate::units::human_size;
 
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
@@ -130,15 +129,10 @@ pub fn run(global: &GlobalArgs, cmd: &PoolCommand) -> CliResult {
 /// holds it (a second DeviceSet would race the service's transactions);
 /// `status` and `check` read the service's published health instead.
 fn open(global: &GlobalArgs) -> Result<DevmapperDriver, Box<dyn std::error::Error>> {
-    if let Some(info) = instance::running(&global.root) {
-        return Err(format!(
-            "the store at {} is served by thinsnap serve (pid {}, socket {}): stop the service for this command; `thinsnap pool status`, `pool check` and `thinsnap snapshots usage` work meanwhile",
-            global.root.display(),
-            info.pid,
-            info.socket.display()
-        )
-        .into());
-    }
+    store::refuse_while_served(
+        global,
+        "; `thinsnap pool status`, `pool check` and `thinsnap snapshots usage` work meanwhile",
+    )?;
     if !matches!(global.driver.as_str(), "auto" | "devicemapper") {
         return Err(format!(
             "pool commands work on a devicemapper store, not on --driver {}",

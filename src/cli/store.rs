@@ -126,6 +126,21 @@ pub fn served(global: &GlobalArgs) -> std::result::Result<Option<Published>, Str
     }
 }
 
+/// Refuses a command that must not run beside `thinsnap serve` on the
+/// same root (a second DeviceSet would race the service's transactions);
+/// `instead` says what works meanwhile.
+pub fn refuse_while_served(global: &GlobalArgs, instead: &str) -> std::result::Result<(), String> {
+    match instance::running(&global.root) {
+        None => Ok(()),
+        Some(info) => Err(format!(
+            "the store at {} is served by thinsnap serve (pid {}, socket {}): stop the service for this command{instead}",
+            global.root.display(),
+            info.pid,
+            info.socket.display()
+        )),
+    }
+}
+
 /// The line `status` and `ls` print above what a service published.
 pub fn served_note(p: &Published) -> String {
     format!(

@@ -36,6 +36,20 @@ impl Rng {
     }
 }
 
+/// A chain of `n` image layers (`img0` at the bottom), each with one file.
+pub fn stack_images(d: &dyn Driver, n: usize) -> Vec<LayerId> {
+    let images: Vec<LayerId> = (0..n).map(|i| lid(&format!("img{i}"))).collect();
+    let mut parent: Option<&LayerId> = None;
+    for img in &images {
+        d.create(img, parent, &CreateOpts::default()).unwrap();
+        let root = d.get(img, None).unwrap();
+        fs::write(root.join(format!("{}.txt", img.as_str())), b"image").unwrap();
+        d.put(img).unwrap();
+        parent = Some(img);
+    }
+    images
+}
+
 /// What ran, for the test's report.
 #[derive(Debug, Default)]
 pub struct Tally {

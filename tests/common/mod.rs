@@ -34,6 +34,33 @@ pub fn require_root() {
     }
 }
 
+/// Path → (mode, size, content hash) of everything under `dir`: compare
+/// before and after to prove nothing there changed.
+pub fn checksum_tree(dir: &Path) -> std::collections::BTreeMap<String, (u32, u64, u64)> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let md = std::fs::symlink_metadata(e.path()).unwrap();
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            if md.is_file() {
+                std::fs::read(e.path()).unwrap().hash(&mut h);
+            }
+            if md.is_dir() {
+                stack.push(e.path());
+            }
+            out.insert(
+                e.path().display().to_string(),
+                (md.mode(), md.len(), h.finish()),
+            );
+        }
+    }
+    out
+}
+
 /// Loop devices whose backing file lies under `dir`.
 pub fn loops_backed_by(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
