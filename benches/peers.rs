@@ -311,7 +311,9 @@ pub fn workload_docker(
     progress("workload: Docker 20.10 devicemapper (HTTP API)");
     let subject = "Docker 20.10 (HTTP API)";
     let root = work.join("wl-docker");
-    let mut dockerd = Dockerd::start(&root, DM_OPTS)?;
+    let mut dockerd = rec.time("setup", subject, crate::scenarios::OP_SETUP, || {
+        Dockerd::start(&root, DM_OPTS)
+    })?;
     let result = (|| -> Res<()> {
         rec.time("workload", subject, OP_IMPORT, || {
             dockerd.load(&w.image_tarball)

@@ -123,6 +123,18 @@ pub fn render_markdown(meta: &serde_json::Value, samples: &[Sample]) -> String {
         meta["containers"],
         meta["wall_s"],
     );
+    if let Some(failed) = meta["failures"].as_array().filter(|f| !f.is_empty()) {
+        let _ = writeln!(
+            md,
+            "**Subjects that failed in this run** (their rows are missing or partial below):\n"
+        );
+        for f in failed {
+            let _ = writeln!(md, "- {}", f.as_str().unwrap_or("?").replace('\n', " "));
+        }
+        let _ = writeln!(md);
+    }
+
+    render_setup(&t, &mut md);
 
     // devicemapper operations against the floor.
     let _ = writeln!(
@@ -323,6 +335,57 @@ fn render_workload(t: &Table, meta: &serde_json::Value, md: &mut String) {
     );
 }
 
+/// What each subject's set-up time covers.
+const SETUP_SUBJECTS: &[(&str, &str)] = &[
+    (
+        "floor (ioctls + mkfs.xfs)",
+        "sparse files, two loop devices, the pool table, `create_thin`, activate, `mkfs.xfs`, deactivate: the kernel work and mkfs, nothing else",
+    ),
+    (
+        "thinsnap (library)",
+        "the same plus Docker's metadata files, the transaction protocol, the base's UUID check and a first mount (Docker does one too)",
+    ),
+    (
+        "thinsnap serve",
+        "process start until the socket answers; the service builds the pool and base as the library does",
+    ),
+    (
+        DOCKER,
+        "dockerd start until `/_ping` answers; dockerd builds the pool and base at start",
+    ),
+    (
+        CONTAINERD,
+        "the pool made by the bench (as an admin must) + containerd start until its devmapper snapshotter answers (it makes its base with mkfs.ext4)",
+    ),
+];
+
+fn render_setup(t: &Table, md: &mut String) {
+    let base = t.get("setup", LIBRARY, crate::scenarios::OP_SETUP);
+    if base.is_none() && t.subjects("setup").is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "## Setting up a pool and its base device\n\nFrom nothing to a pool with an xfs (containerd: ext4) base device of 1 GiB on sparse files of the same size; one set-up per subject, so N = 1 and the two columns are the same. Daemons include their process start, which they pay once per boot.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| subject | time | ÷ thinsnap (library) | what it covers |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|");
+    for (subject, covers) in SETUP_SUBJECTS {
+        let v = t.get("setup", subject, crate::scenarios::OP_SETUP);
+        if v.is_none() {
+            continue;
+        }
+        let r = ratio(v, base)
+            .map(|r| format!("{r:.2}×"))
+            .unwrap_or_else(|| "—".into());
+        let _ = writeln!(md, "| {subject} | {} | {r} | {covers} |", cell(v));
+    }
+    let _ = writeln!(md);
+}
+
 fn render_scaling(t: &Table, md: &mut String) {
     let ops = t.ops("scaling");
     if ops.is_empty() {
@@ -487,7 +550,13 @@ pub fn run(args: &[String]) -> Res<()> {
     std::fs::write(&svg_path, render_svg(&run.samples))
         .map_err(|e| format!("{}: {e}", svg_path.display()))?;
     println!("wrote {} and {}", md_path.display(), svg_path.display());
-    Ok(())
+    match run.meta["failures"].as_array().map(Vec::len) {
+        Some(n) if n > 0 => Err(format!(
+            "{n} subject(s) failed in this run; see the top of {}",
+            md_path.display()
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -68,6 +68,30 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// Adds one measured duration taken outside `time` (a span across
+    /// several steps, e.g. a daemon start until it answers).
+    pub(crate) fn record(&mut self, scenario: &str, subject: &str, op: &str, since: Instant) {
+        let ms = since.elapsed().as_secs_f64() * 1000.0;
+        match self
+            .samples
+            .iter_mut()
+            .find(|s| s.scenario == scenario && s.subject == subject && s.op == op)
+        {
+            Some(s) => s.ms.push(ms),
+            None => self.samples.push(Sample {
+                scenario: scenario.into(),
+                subject: subject.into(),
+                op: op.into(),
+                ms: vec![ms],
+            }),
+        }
+    }
+}
+
+/// The one setup operation every subject is timed on.
+pub(crate) const OP_SETUP: &str = "pool + base device set-up";
+
 pub(crate) fn id(s: &str) -> Res<LayerId> {
     LayerId::new(s).map_err(|e| e.to_string())
 }
@@ -125,32 +149,59 @@ pub fn run(args: &[String]) -> Res<()> {
             let _ = fs::remove_dir_all(work.join(what));
         }
     };
+    // One subject failing (a peer's pool going read-only, a daemon that
+    // will not start) is recorded and the run goes on: the report shows it.
+    let mut failures: Vec<String> = Vec::new();
+    let mut attempt = |what: &str, r: Res<()>| {
+        if let Err(e) = r {
+            progress(&format!("FAILED {what}: {e}"));
+            failures.push(format!("{what}: {e}"));
+        }
+    };
     if only.iter().any(|s| s == "dm") {
-        dm_thinsnap(&work, &sizes, &mut rec)?;
+        attempt("dm: thinsnap library", dm_thinsnap(&work, &sizes, &mut rec));
         free("dm-thinsnap");
-        dm_floor_and_dmsetup(&work, &sizes, &mut rec)?;
+        attempt(
+            "dm: floor and dmsetup",
+            dm_floor_and_dmsetup(&work, &sizes, &mut rec),
+        );
         free("dm-floor");
-        peers::lvm_dm(&work, &peer_sizes, &mut rec)?;
+        attempt("dm: LVM", peers::lvm_dm(&work, &peer_sizes, &mut rec));
         free("dm-lvm");
     }
     let with_workload = only.iter().any(|s| s == "workload");
     if only.iter().any(|s| s == "grpc") || with_workload {
         let w = with_workload.then_some((&workload, &peer_sizes));
-        grpc(&work, &sizes, w, &mut rec)?;
+        attempt(
+            "grpc: containerd",
+            grpc_containerd(&work, &sizes, w, &mut rec),
+        );
         free("grpc-containerd");
+        // containerd leaves its devices behind when it fails half-way.
+        let _ = run_tool("dmsetup", &["remove_all"]);
+        attempt(
+            "grpc: thinsnap serve",
+            grpc_serve(&work, &sizes, w, &mut rec),
+        );
         free("grpc-thinsnap");
     }
     if with_workload {
-        peers::workload_docker(&work, &workload, &peer_sizes, &mut rec)?;
+        attempt(
+            "workload: Docker",
+            peers::workload_docker(&work, &workload, &peer_sizes, &mut rec),
+        );
         free("wl-docker");
-        peers::workload_library(&work, &workload, &peer_sizes, &mut rec)?;
+        attempt(
+            "workload: thinsnap library",
+            peers::workload_library(&work, &workload, &peer_sizes, &mut rec),
+        );
         free("wl-library");
     }
     if only.iter().any(|s| s == "backends") {
-        backends(&work, &sizes, &mut rec)?;
+        attempt("backends", backends(&work, &sizes, &mut rec));
     }
     if only.iter().any(|s| s == "scaling") {
-        peers::scaling(&work, &peer_sizes, &mut rec)?;
+        attempt("scaling", peers::scaling(&work, &peer_sizes, &mut rec));
         free("scaling");
     }
     let meta = serde_json::json!({
@@ -164,6 +215,7 @@ pub fn run(args: &[String]) -> Res<()> {
         "lvm": run_tool("lvm", &["version"]).unwrap_or_default().lines().next().unwrap_or("").trim(),
         "image_layers": peer_sizes.image_layers, "workload_containers": peer_sizes.containers,
         "status_devices": peer_sizes.status_devices,
+        "failures": failures,
     });
     let out = serde_json::json!({"meta": meta, "samples": rec.samples});
     let mut stdout = std::io::stdout().lock();
@@ -181,16 +233,18 @@ pub(crate) fn opts(list: &[&str]) -> Vec<String> {
 fn dm_thinsnap(work: &Path, sizes: &Sizes, rec: &mut Recorder) -> Res<()> {
     progress("dm: thinsnap library");
     let root = work.join("dm-thinsnap");
-    let d = backend::open_named(
-        "devicemapper",
-        &StoreConfig {
-            root: root.clone(),
-            driver: "devicemapper".into(),
-            storage_opts: opts(DM_OPTS),
-        },
-    )
-    .map_err(|e| e.to_string())?;
     let s = "thinsnap (library)";
+    let d = rec.time("setup", s, OP_SETUP, || {
+        backend::open_named(
+            "devicemapper",
+            &StoreConfig {
+                root: root.clone(),
+                driver: "devicemapper".into(),
+                storage_opts: opts(DM_OPTS),
+            },
+        )
+        .map_err(|e| e.to_string())
+    })?;
     let img = id("image")?;
     d.create(&img, None, &CreateOpts::default())
         .map_err(|e| e.to_string())?;
@@ -223,8 +277,11 @@ fn dm_thinsnap(work: &Path, sizes: &Sizes, rec: &mut Recorder) -> Res<()> {
 /// The same operations as raw ioctls (the floor), then through dmsetup.
 fn dm_floor_and_dmsetup(work: &Path, sizes: &Sizes, rec: &mut Recorder) -> Res<()> {
     progress("dm: floor (raw ioctls) and dmsetup");
-    let pool = RawPool::create(&work.join("dm-floor"), "bench-floor-pool", 8, 256)?;
-    pool.make_base(1, BASE_SECTORS)?;
+    let pool = rec.time("setup", "floor (ioctls + mkfs.xfs)", OP_SETUP, || {
+        let pool = RawPool::create(&work.join("dm-floor"), "bench-floor-pool", 8, 256)?;
+        pool.make_base(1, BASE_SECTORS)?;
+        Ok(pool)
+    })?;
     let mnt = work.join("dm-floor-mnt");
     fs::create_dir_all(&mnt).map_err(|e| e.to_string())?;
     let s = "floor (ioctls)";
@@ -324,18 +381,19 @@ fn dm_device_count() -> Res<usize> {
 /// snapshot): containerd deletes removed snapshots' devices in its
 /// garbage collector, after the Remove RPC returned.
 pub(crate) fn thin_device_count() -> Res<usize> {
-    let listing = run_tool("dmsetup", &["ls", "--target", "thin-pool"])?;
-    let names: Vec<&str> = listing
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| *n != "No")
-        .collect();
-    let [name] = names[..] else {
-        return Err(format!("expected one active thin pool, found {names:?}"));
-    };
+    // Devices come and go while a garbage collector runs: one that vanishes
+    // between the listing and its table is simply not a pool.
     let ctl = thinsnap::dm::DmControl::open().map_err(|e| e.to_string())?;
-    let Some((pool, _)) = thinsnap::dm::Pool::open(&ctl, name).map_err(|e| e.to_string())? else {
-        return Err(format!("thin pool {name} vanished"));
+    let pools: Vec<thinsnap::dm::Pool> = ctl
+        .list()
+        .map_err(|e| e.to_string())?
+        .iter()
+        .filter_map(|n| thinsnap::dm::Pool::open(&ctl, n).ok().flatten())
+        .map(|(p, _)| p)
+        .collect();
+    let [pool] = &pools[..] else {
+        let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+        return Err(format!("expected one active thin pool, found {names:?}"));
     };
     pool.thin_usage(&ctl)
         .map(|v| v.len())
@@ -401,7 +459,7 @@ fn connect(socket: &Path, log: &Path) -> Res<BlockingClient> {
                 fs::read_to_string(log).unwrap_or_default()
             ));
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -496,7 +554,7 @@ fn snapshot_api(c: &mut BlockingClient, subject: &str, n: usize, rec: &mut Recor
 
 /// The Snapshots API scenario, and (with `workload`) the peer workload
 /// through the same daemons.
-fn grpc(
+fn grpc_containerd(
     work: &Path,
     sizes: &Sizes,
     workload: Option<(&Workload, &PeerSizes)>,
@@ -506,6 +564,7 @@ fn grpc(
     let dir = work.join("grpc-containerd");
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     {
+        let setup_started = Instant::now();
         let pool = RawPool::create(&dir.join("pool"), "bench-ctd-pool", 8, 256)?;
         let config = dir.join("config.toml");
         fs::write(
@@ -546,8 +605,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
                     fs::read_to_string(&log).unwrap_or_default()
                 ));
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(20));
         }
+        rec.record("setup", "containerd devmapper", OP_SETUP, setup_started);
         snapshot_api(&mut c, "containerd devmapper", sizes.ops, rec)?;
         if let Some((w, ps)) = workload {
             peers::workload_grpc(&mut c, "containerd devmapper", work, w, ps, rec)?;
@@ -558,7 +618,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         let _ = run_tool("dmsetup", &["remove_all"]);
         drop(pool);
     }
+    Ok(())
+}
 
+fn grpc_serve(
+    work: &Path,
+    sizes: &Sizes,
+    workload: Option<(&Workload, &PeerSizes)>,
+    rec: &mut Recorder,
+) -> Res<()> {
     progress("grpc: thinsnap serve (devicemapper)");
     let dir = work.join("grpc-thinsnap");
     fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -578,8 +646,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     for o in DM_OPTS {
         cmd.args(["--storage-opt", o]);
     }
+    let setup_started = Instant::now();
     let mut daemon = Daemon::spawn("thinsnap serve", &mut cmd, &log)?;
     let mut c = connect(&socket, &log)?;
+    rec.record("setup", "thinsnap serve", OP_SETUP, setup_started);
     snapshot_api(&mut c, "thinsnap serve", sizes.ops, rec)?;
     if let Some((w, ps)) = workload {
         peers::workload_grpc(&mut c, "thinsnap serve", work, w, ps, rec)?;

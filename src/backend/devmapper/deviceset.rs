@@ -1190,6 +1190,12 @@ impl DeviceSet {
         let id =
             ThinId::new(info.device_id as u64).map_err(|e| DevmapperError::Other(e.to_string()))?;
         let name = self.device_name(hash);
+        let deferred = self.deferred_deletion && !sync;
+        if !deferred {
+            // Refuse a busy device before anything is marked: the layer
+            // stays whole and the error names who holds it.
+            self.wait_until_closed(hash, &name)?;
+        }
         if self.opts.do_blkdiscard() && !info.deleted {
             // Discarding destroys the data, so from here on the removal must
             // finish: the device is durably marked deleted first, and a crash
@@ -1203,7 +1209,6 @@ impl DeviceSet {
                 tracing::debug!(error = %e, "discard before delete failed (ignored)");
             }
         }
-        let deferred = self.deferred_deletion && !sync;
         let deactivated = {
             let _span = tracing::debug_span!("deactivate", id = hash).entered();
             dm::thin::deactivate(&self.ctl, &name, deferred)
@@ -1332,6 +1337,29 @@ impl DeviceSet {
         st.layers.remove(hash);
         st.refs.remove(hash);
         Ok(())
+    }
+
+    /// Waits up to [`dm::thin::BUSY_WAIT`] for `name` to have no opener
+    /// (udev, blkid and the like let go quickly); Busy naming the holders
+    /// otherwise.
+    fn wait_until_closed(&self, hash: &str, name: &str) -> Res<()> {
+        let deadline = std::time::Instant::now() + dm::thin::BUSY_WAIT;
+        loop {
+            match self.ctl.info(name)? {
+                Some(s) if s.open_count > 0 => {}
+                _ => return Ok(()),
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(DevmapperError::Busy {
+                    id: hash.to_string(),
+                    detail: format!(
+                        "failed to remove device {hash}: Device is Busy{}",
+                        self.holders_suffix(hash)
+                    ),
+                });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     /// Durably marks a device deleted: invisible to users from now on, and
@@ -1610,13 +1638,28 @@ impl DeviceSet {
     }
 
     /// Mounts another process made (`thinsnap mount`) count as one reference.
+    /// A mount of a layer marked incomplete is an interrupted
+    /// `apply_diff`'s own: the layer is never served, so it is released.
     fn adopt_mounts(&self) {
         let mnt = self.home.join("mnt");
-        let mut st = self.state();
-        let hashes: Vec<String> = st.devices.keys().cloned().collect();
-        for h in hashes {
-            if mounts::is_mount_point(&mnt.join(&h)) {
-                st.refs.entry(h).or_insert(1);
+        let mut release = Vec::new();
+        {
+            let mut st = self.state();
+            let hashes: Vec<String> = st.devices.keys().cloned().collect();
+            for h in hashes {
+                if !mounts::is_mount_point(&mnt.join(&h)) {
+                    continue;
+                }
+                if st.layers.get(&h).is_some_and(|r| r.incomplete) {
+                    release.push(h);
+                } else {
+                    st.refs.entry(h).or_insert(1);
+                }
+            }
+        }
+        for h in release {
+            if let Err(e) = self.unmount_and_deactivate(&h) {
+                tracing::warn!(id = %h, error = %e, "could not release an interrupted apply's mount");
             }
         }
     }

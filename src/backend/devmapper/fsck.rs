@@ -253,7 +253,11 @@ pub fn inspect(root: &Path, opts: &DmStoreOptions) -> Res<Facts> {
     let ctl = DmControl::open()?;
     let home = root.join("devicemapper");
     let prefix = docker_prefix(&home)?;
-    if opts.thin_pool_device.is_none() && opts.data_device.is_none() && opts.direct_lvm.is_none() {
+    let loopback =
+        opts.thin_pool_device.is_none() && opts.data_device.is_none() && opts.direct_lvm.is_none();
+    // An active pool with a missing file gets the detailed message (where
+    // the loop device reads it from now) from bring_up_pool.
+    if loopback && ctl.info(&format!("{prefix}-pool"))?.is_none() {
         for f in ["data", "metadata"] {
             let p = home.join("devicemapper").join(f);
             if !p.exists() {
@@ -264,7 +268,12 @@ pub fn inspect(root: &Path, opts: &DmStoreOptions) -> Res<Facts> {
             }
         }
     }
-    let (pool, _, _, _) = DeviceSet::bring_up_pool(&ctl, &home, &prefix, opts)?;
+    let mut opts = opts.clone();
+    if let Some(lvm) = &opts.direct_lvm {
+        // Set up already (a no-op then): it names the pool to look at.
+        opts.thin_pool_device = Some(super::directlvm::ensure(&home, lvm)?);
+    }
+    let (pool, _, _, _) = DeviceSet::bring_up_pool(&ctl, &home, &prefix, &opts)?;
     let status = pool.status(&ctl)?;
     let thin_ids = pool.thin_usage(&ctl)?.into_iter().map(|u| u.id).collect();
     let store = MetadataStore::open(&home.join("metadata"))?;
