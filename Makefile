@@ -66,7 +66,9 @@ demo: setup
 	$(VM) script fixtures/demo.steps --no-leak-check
 
 # Benchmarks (not tests): release build, one VM boot for every subject,
-# then the report. BENCH_ARGS=--quick for a short run.
+# then the report. BENCH_ARGS=--quick for a short run. BENCH_ONLY=dm (or
+# grpc, workload, backends, scaling) re-measures those scenarios in a new
+# boot; the report replaces them and says so.
 BENCH_LOG := target/bench/vm-output.log
 # Every subject's pool lives in the VM's RAM (tmpfs); 500 Docker devices
 # with their xfs logs outgrow the default 4 GiB.
@@ -75,8 +77,13 @@ bench: setup
 	$(CARGO) build --release --bin thinsnap --bin thinsnap-bench
 	$(CARGO) build --quiet --bin thinsnap-vm
 	mkdir -p target/bench
+ifeq ($(BENCH_ONLY),)
 	THINSNAP_VM_MEM=$(BENCH_VM_MEM) $(VM) run --timeout 5400 --step-timeout 5400 -- target/release/thinsnap-bench run $(BENCH_ARGS) > $(BENCH_LOG)
-	target/release/thinsnap-bench report $(BENCH_LOG) --md docs/benchmarks.md --svg docs/benchmarks.svg
+	rm -f target/bench/rerun-*.log
+else
+	THINSNAP_VM_MEM=$(BENCH_VM_MEM) $(VM) run --timeout 5400 --step-timeout 5400 -- target/release/thinsnap-bench run $(BENCH_ARGS) --only $(BENCH_ONLY) > target/bench/rerun-$(BENCH_ONLY).log
+endif
+	target/release/thinsnap-bench report $(BENCH_LOG) $$(ls target/bench/rerun-*.log 2>/dev/null) --md docs/benchmarks.md --svg docs/benchmarks.svg
 
 # Fuzzing (not a test): nightly + cargo-fuzz, each target for FUZZ_SECONDS,
 # seeded from fuzz/corpus (new finds go to target/fuzz-corpus, not git).

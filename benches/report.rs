@@ -123,6 +123,21 @@ pub fn render_markdown(meta: &serde_json::Value, samples: &[Sample]) -> String {
         meta["containers"],
         meta["wall_s"],
     );
+    for r in meta["reruns"].as_array().into_iter().flatten() {
+        let names: Vec<&str> = r["scenarios"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str())
+            .collect();
+        let _ = writeln!(
+            md,
+            "**Re-measured in a second boot** ({} s): the `{}` scenario(s) below come from that boot, which replaced the first run's (`make bench BENCH_ONLY={}`); every ratio still compares subjects measured in the same boot.\n",
+            r["wall_s"],
+            names.join("`, `"),
+            names.join(","),
+        );
+    }
     if let Some(failed) = meta["failures"].as_array().filter(|f| !f.is_empty()) {
         let _ = writeln!(
             md,
@@ -532,6 +547,25 @@ fn extract(log: &str) -> Res<Run> {
     serde_json::from_str(rest[..end].trim()).map_err(|e| format!("parsing the samples: {e}"))
 }
 
+/// Replaces `run`'s samples of every scenario `again` measured; returns
+/// what the report says about it.
+fn merge(run: &mut Run, again: Run) -> serde_json::Value {
+    let mut scenarios: Vec<String> = Vec::new();
+    for s in &again.samples {
+        if !scenarios.contains(&s.scenario) {
+            scenarios.push(s.scenario.clone());
+        }
+    }
+    run.samples.retain(|s| !scenarios.contains(&s.scenario));
+    run.samples.extend(again.samples);
+    if let Some(f) = again.meta["failures"].as_array() {
+        if let Some(all) = run.meta["failures"].as_array_mut() {
+            all.extend(f.iter().cloned());
+        }
+    }
+    serde_json::json!({"scenarios": scenarios, "wall_s": again.meta["wall_s"]})
+}
+
 pub fn run(args: &[String]) -> Res<()> {
     let log = args.first().ok_or("report needs the VM output file")?;
     let flag = |name: &str, default: &str| -> PathBuf {
@@ -541,8 +575,21 @@ pub fn run(args: &[String]) -> Res<()> {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(default))
     };
-    let text = std::fs::read_to_string(log).map_err(|e| format!("{log}: {e}"))?;
-    let run = extract(&text)?;
+    let read = |log: &str| -> Res<Run> {
+        let text = std::fs::read_to_string(log).map_err(|e| format!("{log}: {e}"))?;
+        extract(&text).map_err(|e| format!("{log}: {e}"))
+    };
+    let mut run = read(log)?;
+    // Further logs (before the flags) re-measure whole scenarios: theirs
+    // replace the first run's, and the report says so.
+    let mut reruns = Vec::new();
+    for more in args[1..].iter().take_while(|a| !a.starts_with("--")) {
+        let again = read(more)?;
+        reruns.push(merge(&mut run, again));
+    }
+    if !reruns.is_empty() {
+        run.meta["reruns"] = serde_json::Value::Array(reruns);
+    }
     let md_path = flag("--md", "docs/benchmarks.md");
     let svg_path = flag("--svg", "docs/benchmarks.svg");
     std::fs::write(&md_path, render_markdown(&run.meta, &run.samples))

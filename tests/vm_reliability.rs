@@ -54,7 +54,10 @@ fn thin_check_clean(mut store: DmStore) {
     assert_eq!(code, 0, "cleanup: {err}");
     // The VM's /tmp is tmpfs, which has no O_DIRECT: check through a
     // read-only loop device.
-    let lo = common::run_tool("losetup", &["-f", "--show", "-r", &meta.display().to_string()]);
+    let lo = common::run_tool(
+        "losetup",
+        &["-f", "--show", "-r", &meta.display().to_string()],
+    );
     let lo = lo.trim();
     let out = Command::new("thin_check").arg(lo).output().unwrap();
     common::run_tool("losetup", &["-d", lo]);
@@ -500,4 +503,72 @@ fn service_on_devicemapper_recovers_from_kill_at_every_failpoint() {
     let mut opts: Vec<&str> = common::DM_TEST_OPTS.to_vec();
     opts.push("thinsnap.layout=flat");
     common::service::crash_at_failpoints("devicemapper", &opts);
+}
+
+#[test]
+fn a_filling_metadata_device_refuses_new_snapshots_cleanly_and_extend_brings_it_back() {
+    common::require_vm();
+    let store = DmStore::new(&[
+        "dm.loopmetadatasize=2M",
+        "dm.loopdatasize=8G",
+        "dm.basesize=512M",
+        "dm.fs=ext4",
+    ]);
+    let d = store.driver();
+    d.create(&id("img"), None, &CreateOpts::default()).unwrap();
+    write(d, "img", "keep", b"image data");
+    let keep = sha(d, "img", "keep");
+    // Every snapshot that gets a block of its own copies a path of the
+    // pool's mapping btree: metadata fills long before data does.
+    let block = AlignedBuf::new(64 << 10);
+    let mut refused = None;
+    for k in 0..4000 {
+        let layer = format!("l{k}");
+        match d.create(&id(&layer), Some(&id("img")), &CreateOpts::default()) {
+            Ok(()) => {}
+            Err(e) => {
+                refused = Some((k, e));
+                break;
+            }
+        }
+        let (dev, _) = d.device_set().prepare_device(&layer).unwrap();
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc_o_direct())
+            .open(&dev)
+            .unwrap();
+        use std::os::unix::fs::FileExt;
+        for j in 0..4u64 {
+            f.write_all_at(block.as_slice(), (100 + j * 37 + k as u64 % 50) << 20)
+                .unwrap_or_else(|e| panic!("write into {layer}: {e}"));
+        }
+        drop(f);
+        let name = d.device_set().device_name(&layer);
+        thinsnap::dm::thin::deactivate(d.device_set().control(), &name, false).unwrap();
+    }
+    let (made, e) = refused.expect("the metadata guard refused a snapshot before 4000");
+    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("free metadata blocks") && msg.contains("pool extend --metadata"),
+        "says what is short and what to do: {msg}"
+    );
+    assert!(
+        !d.exists(&id(&format!("l{made}"))),
+        "the refused layer left nothing"
+    );
+    store.assert_consistent();
+    let (_, status, _) = cli(&store, &["pool", "status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        v["pool_mode"], "rw",
+        "the guard kept the kernel out of trouble: {status}"
+    );
+    let (code, out, err) = cli(&store, &["pool", "extend", "--metadata", "+16M"]);
+    assert_eq!(code, 0, "{out}{err}");
+    d.create(&id("after"), Some(&id("img")), &CreateOpts::default())
+        .unwrap();
+    assert_eq!(sha(d, "img", "keep"), keep);
+    store.assert_consistent();
+    thin_check_clean(store);
 }

@@ -594,6 +594,16 @@ impl DeviceSet {
         self.state().devices.values().filter(|d| d.deleted).count()
     }
 
+    /// Layers in service (not the base, not marked deleted), without
+    /// building a report per device: status stays flat as the pool grows.
+    pub fn live_layer_count(&self) -> usize {
+        self.state()
+            .devices
+            .iter()
+            .filter(|(h, d)| !h.is_empty() && !d.deleted)
+            .count()
+    }
+
     pub fn base_size(&self) -> u64 {
         self.state().devices.get("").map(|d| d.size).unwrap_or(0)
     }

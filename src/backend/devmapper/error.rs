@@ -49,7 +49,7 @@ pub enum DevmapperError {
     },
 
     #[error(
-        "devmapper: Thin Pool has {free} free metadata blocks which is less than minimum required {min} free metadata blocks. Create more free metadata space in thin pool or use dm.min_free_space option to change behavior"
+        "devmapper: Thin Pool has {free} free metadata blocks which is less than minimum required {min} free metadata blocks. Create more free metadata space in thin pool (`thinsnap pool extend --metadata +SIZE`, online) or use dm.min_free_space option to change behavior"
     )]
     LowMetaSpace { free: u64, min: u64 },
 

@@ -113,11 +113,7 @@ pub fn report(set: &DeviceSet) -> Result<StatusReport, DevmapperError> {
         pool_mode: s.mode.as_str().to_string(),
         needs_check: s.needs_check,
         pool_transaction_id: s.transaction_id,
-        devices: set
-            .devices()
-            .iter()
-            .filter(|d| !d.hash.is_empty() && !d.deleted)
-            .count(),
+        devices: set.live_layer_count(),
         broken_metadata_files: set
             .broken_files()
             .iter()
