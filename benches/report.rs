@@ -132,10 +132,10 @@ pub fn render_markdown(meta: &serde_json::Value, samples: &[Sample]) -> String {
             .collect();
         let _ = writeln!(
             md,
-            "**Re-measured in a second boot** ({} s): the `{}` scenario(s) below come from that boot, which replaced the first run's (`make bench BENCH_ONLY={}`); every ratio still compares subjects measured in the same boot.\n",
+            "**Re-measured in a second boot** ({} s, `make bench BENCH_ONLY={}`): the `{}` scenario(s) below come from that boot for every subject it ran, replacing the first run's numbers; the dm table's ratios compare subjects of that same boot.\n",
             r["wall_s"],
+            r["only"].as_str().unwrap_or("?"),
             names.join("`, `"),
-            names.join(","),
         );
     }
     if let Some(failed) = meta["failures"].as_array().filter(|f| !f.is_empty()) {
@@ -550,20 +550,31 @@ fn extract(log: &str) -> Res<Run> {
 /// Replaces `run`'s samples of every scenario `again` measured; returns
 /// what the report says about it.
 fn merge(run: &mut Run, again: Run) -> serde_json::Value {
+    // Replaced per scenario and subject: a subject the second boot did not
+    // measure (a daemon peer in a set-up table) keeps its first numbers.
     let mut scenarios: Vec<String> = Vec::new();
+    let mut replaced: Vec<(String, String)> = Vec::new();
     for s in &again.samples {
         if !scenarios.contains(&s.scenario) {
             scenarios.push(s.scenario.clone());
         }
+        let key = (s.scenario.clone(), s.subject.clone());
+        if !replaced.contains(&key) {
+            replaced.push(key);
+        }
     }
-    run.samples.retain(|s| !scenarios.contains(&s.scenario));
+    run.samples.retain(|s| {
+        !replaced
+            .iter()
+            .any(|(sc, su)| *sc == s.scenario && *su == s.subject)
+    });
     run.samples.extend(again.samples);
     if let Some(f) = again.meta["failures"].as_array() {
         if let Some(all) = run.meta["failures"].as_array_mut() {
             all.extend(f.iter().cloned());
         }
     }
-    serde_json::json!({"scenarios": scenarios, "wall_s": again.meta["wall_s"]})
+    serde_json::json!({"scenarios": scenarios, "wall_s": again.meta["wall_s"], "only": again.meta["only"]})
 }
 
 pub fn run(args: &[String]) -> Res<()> {

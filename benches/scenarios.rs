@@ -216,6 +216,7 @@ pub fn run(args: &[String]) -> Res<()> {
         "image_layers": peer_sizes.image_layers, "workload_containers": peer_sizes.containers,
         "status_devices": peer_sizes.status_devices,
         "failures": failures,
+        "only": only.join(","),
     });
     let out = serde_json::json!({"meta": meta, "samples": rec.samples});
     let mut stdout = std::io::stdout().lock();

@@ -1201,7 +1201,8 @@ impl DeviceSet {
             ThinId::new(info.device_id as u64).map_err(|e| DevmapperError::Other(e.to_string()))?;
         let name = self.device_name(hash);
         let deferred = self.deferred_deletion && !sync;
-        if !deferred {
+        let mut active = self.ctl.info(&name)?.is_some();
+        if active && !deferred {
             // Refuse a busy device before anything is marked: the layer
             // stays whole and the error names who holds it.
             self.wait_until_closed(hash, &name)?;
@@ -1212,16 +1213,20 @@ impl DeviceSet {
             // is completed at the next start by the deferred-deletion retry.
             self.mark_deleted(hash, info)?;
             fp("devmapper.remove.after_mark")?;
-            if let Ok(dev) = self.activate(hash, &info)
-                && self.ctl.info(&name)?.is_some_and(|s| s.open_count == 0)
-                && let Err(e) = dm::block::discard_all(&dev)
-            {
-                tracing::debug!(error = %e, "discard before delete failed (ignored)");
+            if let Ok(dev) = self.activate(hash, &info) {
+                active = true;
+                if self.ctl.info(&name)?.is_some_and(|s| s.open_count == 0)
+                    && let Err(e) = dm::block::discard_all(&dev)
+                {
+                    tracing::debug!(error = %e, "discard before delete failed (ignored)");
+                }
             }
         }
-        let deactivated = {
+        let deactivated = if active {
             let _span = tracing::debug_span!("deactivate", id = hash).entered();
             dm::thin::deactivate(&self.ctl, &name, deferred)
+        } else {
+            Ok(())
         };
         if let Err(e) = deactivated {
             if e.errno() == Some(Errno::EBUSY) {

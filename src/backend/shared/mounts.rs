@@ -31,11 +31,45 @@ pub fn mount_points_below(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// True when `path` is a mount point now.
+/// True when `path` is a mount point now. One `statx` (its mount-root
+/// attribute, exact for bind mounts too) instead of reading all of
+/// mountinfo, whose size grows with every container on the host; kernels
+/// before 5.8 fall back to mountinfo.
 pub fn is_mount_point(path: &Path) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|info| parse_mountinfo(&info).iter().any(|m| m == path))
-        .unwrap_or(false)
+    match statx_mount_root(path) {
+        Some(root) => root,
+        None => std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|info| parse_mountinfo(&info).iter().any(|m| m == path))
+            .unwrap_or(false),
+    }
+}
+
+/// `Some(is mount root)` from statx, `Some(false)` for a missing path,
+/// `None` when the kernel does not report the attribute.
+fn statx_mount_root(path: &Path) -> Option<bool> {
+    const STATX_ATTR_MOUNT_ROOT: u64 = 0x2000;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `c` is a NUL-terminated path that outlives the call and `buf`
+    // is a plain-data struct the kernel fills in; both are valid for it.
+    let (r, buf) = unsafe {
+        let mut buf: libc::statx = std::mem::zeroed();
+        let r = libc::statx(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
+            0,
+            &mut buf,
+        );
+        (r, buf)
+    };
+    if r != 0 {
+        return match io::Error::last_os_error().raw_os_error() {
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) => Some(false),
+            _ => None,
+        };
+    }
+    (buf.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT != 0)
+        .then_some(buf.stx_attributes & STATX_ATTR_MOUNT_ROOT != 0)
 }
 
 /// Mount points listed in mountinfo text (field 5, octal escapes decoded).
