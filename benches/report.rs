@@ -569,10 +569,10 @@ fn merge(run: &mut Run, again: Run) -> serde_json::Value {
             .any(|(sc, su)| *sc == s.scenario && *su == s.subject)
     });
     run.samples.extend(again.samples);
-    if let Some(f) = again.meta["failures"].as_array() {
-        if let Some(all) = run.meta["failures"].as_array_mut() {
-            all.extend(f.iter().cloned());
-        }
+    if let Some(f) = again.meta["failures"].as_array()
+        && let Some(all) = run.meta["failures"].as_array_mut()
+    {
+        all.extend(f.iter().cloned());
     }
     serde_json::json!({"scenarios": scenarios, "wall_s": again.meta["wall_s"], "only": again.meta["only"]})
 }
