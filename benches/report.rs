@@ -132,7 +132,7 @@ pub fn render_markdown(meta: &serde_json::Value, samples: &[Sample]) -> String {
             .collect();
         let _ = writeln!(
             md,
-            "**Re-measured in a second boot** ({} s, `make bench BENCH_ONLY={}`): the `{}` scenario(s) below come from that boot for every subject it ran, replacing the first run's numbers; the dm table's ratios compare subjects of that same boot.\n",
+            "**Re-measured in another boot** ({} s, `make bench BENCH_ONLY={}`): the `{}` scenario(s) below come from that boot for every subject it ran, replacing the first run's numbers; ratios within a table compare subjects measured in the same boot.\n",
             r["wall_s"],
             r["only"].as_str().unwrap_or("?"),
             names.join("`, `"),

@@ -127,6 +127,7 @@ fn create_interrupted_at_every_step() {
         assert_eq!(read(store.driver(), &layer), b"committed before the crash");
         store.assert_consistent();
     }
+    common::thin_check_clean(store);
 }
 
 /// Kills `thinsnap rm` at each remove failpoint (with `extra` options) and
@@ -171,6 +172,7 @@ fn remove_cases(extra: &[&str], survives: impl Fn(&str) -> bool) {
         store.assert_consistent();
     }
     assert_eq!(read(store.driver(), "p"), b"committed before the crash");
+    common::thin_check_clean(store);
 }
 
 #[test]
@@ -233,6 +235,7 @@ fn pool_and_base_setup_interrupted_at_every_step() {
         )
         .unwrap();
         assert_eq!(base["initialized"], true, "{fp}");
+        common::thin_check_clean(store);
     }
 }
 
@@ -270,6 +273,7 @@ fn mount_and_unmount_interrupted() {
     assert_eq!(d.device_set().refs("p"), 0, "unmounted before the kill");
     assert_eq!(read(d, "p"), b"committed before the crash");
     store.assert_consistent();
+    common::thin_check_clean(store);
 }
 
 /// Runs `thinsnap apply ID --parent P` with `tar` on stdin and `fp` armed;
@@ -346,6 +350,7 @@ fn apply_diff_interrupted_leaves_a_layer_marked_incomplete_never_served() {
         d.put(&id(&layer)).unwrap();
         store.assert_consistent();
     }
+    common::thin_check_clean(store);
 }
 
 #[test]
@@ -403,4 +408,5 @@ fn pool_extend_interrupted_is_finished_by_running_it_again() {
             .unwrap();
         store.assert_consistent();
     }
+    common::thin_check_clean(store);
 }

@@ -46,30 +46,6 @@ fn kinds(json: &str) -> Vec<String> {
     k
 }
 
-/// thin_check on the metadata file once the pool is released.
-fn thin_check_clean(mut store: DmStore) {
-    let meta = store.root().join("devicemapper/devicemapper/metadata");
-    store.driver = None;
-    let (code, _, err) = cli(&store, &["cleanup"]);
-    assert_eq!(code, 0, "cleanup: {err}");
-    // The VM's /tmp is tmpfs, which has no O_DIRECT: check through a
-    // read-only loop device.
-    let lo = common::run_tool(
-        "losetup",
-        &["-f", "--show", "-r", &meta.display().to_string()],
-    );
-    let lo = lo.trim();
-    let out = Command::new("thin_check").arg(lo).output().unwrap();
-    common::run_tool("losetup", &["-d", lo]);
-    assert!(
-        out.status.success(),
-        "thin_check {}: {}{}",
-        meta.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 struct Killed(Child);
 
 impl Drop for Killed {
@@ -205,7 +181,7 @@ fn fsck_finds_every_kind_of_damage_and_repairs_it_without_losing_data() {
     let d = store.driver();
     d.create(&id("after"), Some(&id("img")), &CreateOpts::default())
         .unwrap();
-    thin_check_clean(store);
+    common::thin_check_clean(store);
 }
 
 /// Writes with O_DIRECT (each block reaches the pool at once) until the
@@ -301,7 +277,7 @@ fn a_full_pool_fails_writes_with_enospc_and_extend_brings_it_back() {
         .unwrap();
     assert_eq!(sha(d, "img", "keep"), keep, "committed data intact");
     store.assert_consistent();
-    thin_check_clean(store);
+    common::thin_check_clean(store);
 }
 
 #[test]
@@ -570,5 +546,5 @@ fn a_filling_metadata_device_refuses_new_snapshots_cleanly_and_extend_brings_it_
         .unwrap();
     assert_eq!(sha(d, "img", "keep"), keep);
     store.assert_consistent();
-    thin_check_clean(store);
+    common::thin_check_clean(store);
 }

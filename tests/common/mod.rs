@@ -296,6 +296,34 @@ pub fn cli(store: &DmStore, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Releases the pool (`thinsnap cleanup`) and runs `thin_check` on the
+/// store's metadata file: clean after everything the test put it through.
+pub fn thin_check_clean(mut store: DmStore) {
+    let meta = store.root().join("devicemapper/devicemapper/metadata");
+    store.driver = None;
+    let (code, _, err) = cli(&store, &["cleanup"]);
+    assert_eq!(code, 0, "cleanup: {err}");
+    // The VM's /tmp is tmpfs, which has no O_DIRECT: check through a
+    // read-only loop device.
+    let lo = run_tool(
+        "losetup",
+        &["-f", "--show", "-r", &meta.display().to_string()],
+    );
+    let lo = lo.trim();
+    let out = std::process::Command::new("thin_check")
+        .arg(lo)
+        .output()
+        .unwrap();
+    run_tool("losetup", &["-d", lo]);
+    assert!(
+        out.status.success(),
+        "thin_check {}: {}{}",
+        meta.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 impl Drop for DmStore {
     fn drop(&mut self) {
         let driver = match self.driver.take() {
