@@ -50,29 +50,23 @@ impl Recorder {
     ) -> Res<T> {
         let start = Instant::now();
         let v = f().map_err(|e| format!("{scenario}/{subject}/{op}: {e}"))?;
-        let ms = start.elapsed().as_secs_f64() * 1000.0;
-        match self
-            .samples
-            .iter_mut()
-            .find(|s| s.scenario == scenario && s.subject == subject && s.op == op)
-        {
-            Some(s) => s.ms.push(ms),
-            None => self.samples.push(Sample {
-                scenario: scenario.into(),
-                subject: subject.into(),
-                op: op.into(),
-                ms: vec![ms],
-            }),
-        }
+        self.record(scenario, subject, op, start);
         Ok(v)
     }
-}
 
-impl Recorder {
     /// Adds one measured duration taken outside `time` (a span across
     /// several steps, e.g. a daemon start until it answers).
     pub(crate) fn record(&mut self, scenario: &str, subject: &str, op: &str, since: Instant) {
-        let ms = since.elapsed().as_secs_f64() * 1000.0;
+        self.push(
+            scenario,
+            subject,
+            op,
+            since.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+
+    /// Appends `ms` to the (scenario, subject, op) sample.
+    pub(crate) fn push(&mut self, scenario: &str, subject: &str, op: &str, ms: f64) {
         match self
             .samples
             .iter_mut()
