@@ -370,10 +370,23 @@ fn busy_device_is_deleted_later_with_deferred_deletion() {
         .create(&id("held"), None, &CreateOpts::default())
         .unwrap_err();
     assert!(e.to_string().contains("Deleted=true"), "{e}");
+    // Its parent is not held back by a child that is gone for users.
+    d.create(&id("parent"), None, &CreateOpts::default())
+        .unwrap();
+    d.create(&id("child"), Some(&id("parent")), &CreateOpts::default())
+        .unwrap();
+    d.get(&id("child"), None).unwrap();
+    let child_name = d.device_set().device_name("child");
+    let child_holder = fs::File::open(Path::new("/dev/mapper").join(&child_name)).unwrap();
+    d.put(&id("child")).unwrap();
+    d.remove(&id("child")).unwrap();
+    assert!(!d.exists(&id("child")));
+    d.remove(&id("parent")).unwrap();
+    drop(child_holder);
     drop(holder);
     // The kernel finishes the deferred remove; the next retry deletes it.
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert_eq!(d.device_set().retry_deferred_deletions(), 1);
+    assert_eq!(d.device_set().retry_deferred_deletions(), 2);
     assert!(!store.root().join("devicemapper/metadata/held").exists());
     store.assert_consistent();
     // A restart retries too: nothing left.

@@ -650,7 +650,12 @@ impl DeviceSet {
         let st = self.state();
         st.layers
             .iter()
-            .filter(|(_, r)| r.parent.as_ref().is_some_and(|p| p.as_str() == hash))
+            .filter(|(k, r)| {
+                // A child marked for deferred deletion is gone for users
+                // and its thin device does not depend on its origin's.
+                r.parent.as_ref().is_some_and(|p| p.as_str() == hash)
+                    && !st.devices.get(k.as_str()).is_some_and(|d| d.deleted)
+            })
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -1176,7 +1181,12 @@ impl DeviceSet {
             let children: Vec<String> = st
                 .layers
                 .iter()
-                .filter(|(_, r)| r.parent.as_ref().is_some_and(|p| p.as_str() == hash))
+                .filter(|(k, r)| {
+                    // A child marked for deferred deletion is gone for users
+                    // and its thin device does not depend on its origin's.
+                    r.parent.as_ref().is_some_and(|p| p.as_str() == hash)
+                        && !st.devices.get(k.as_str()).is_some_and(|d| d.deleted)
+                })
                 .map(|(k, _)| k.clone())
                 .collect();
             if !children.is_empty() {
