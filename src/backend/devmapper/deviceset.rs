@@ -647,17 +647,7 @@ impl DeviceSet {
     }
 
     pub fn children_of(&self, hash: &str) -> Vec<String> {
-        let st = self.state();
-        st.layers
-            .iter()
-            .filter(|(k, r)| {
-                // A child marked for deferred deletion is gone for users
-                // and its thin device does not depend on its origin's.
-                r.parent.as_ref().is_some_and(|p| p.as_str() == hash)
-                    && !st.devices.get(k.as_str()).is_some_and(|d| d.deleted)
-            })
-            .map(|(k, _)| k.clone())
-            .collect()
+        children_in(&self.state(), hash)
     }
 
     // ---- transactions ------------------------------------------------
@@ -978,6 +968,17 @@ impl DeviceSet {
         })
     }
 
+    /// Busy for a remove, naming who holds the device where it can be found.
+    fn remove_busy(&self, hash: &str) -> DevmapperError {
+        DevmapperError::Busy {
+            id: hash.to_string(),
+            detail: format!(
+                "failed to remove device {hash}: Device is Busy{}",
+                self.holders_suffix(hash)
+            ),
+        }
+    }
+
     fn holders_suffix(&self, hash: &str) -> String {
         let name = self.device_name(hash);
         let Ok(Some(st)) = self.ctl.info(&name) else {
@@ -1178,17 +1179,7 @@ impl DeviceSet {
                     ),
                 });
             }
-            let children: Vec<String> = st
-                .layers
-                .iter()
-                .filter(|(k, r)| {
-                    // A child marked for deferred deletion is gone for users
-                    // and its thin device does not depend on its origin's.
-                    r.parent.as_ref().is_some_and(|p| p.as_str() == hash)
-                        && !st.devices.get(k.as_str()).is_some_and(|d| d.deleted)
-                })
-                .map(|(k, _)| k.clone())
-                .collect();
+            let children = children_in(&st, hash);
             if !children.is_empty() {
                 return Err(DevmapperError::HasChildren {
                     id: hash.to_string(),
@@ -1240,13 +1231,7 @@ impl DeviceSet {
         };
         if let Err(e) = deactivated {
             if e.errno() == Some(Errno::EBUSY) {
-                return Err(DevmapperError::Busy {
-                    id: hash.to_string(),
-                    detail: format!(
-                        "failed to remove device {hash}: Device is Busy{}",
-                        self.holders_suffix(hash)
-                    ),
-                });
+                return Err(self.remove_busy(hash));
             }
             return Err(e.into());
         }
@@ -1276,13 +1261,7 @@ impl DeviceSet {
                 self.close_transaction(&mut st, open)?;
                 drop(st);
                 if busy {
-                    return Err(DevmapperError::Busy {
-                        id: hash.to_string(),
-                        detail: format!(
-                            "failed to remove device {hash}: Device is Busy{}",
-                            self.holders_suffix(hash)
-                        ),
-                    });
+                    return Err(self.remove_busy(hash));
                 }
                 return Err(e.into());
             }
@@ -1375,13 +1354,7 @@ impl DeviceSet {
                 _ => return Ok(()),
             }
             if std::time::Instant::now() >= deadline {
-                return Err(DevmapperError::Busy {
-                    id: hash.to_string(),
-                    detail: format!(
-                        "failed to remove device {hash}: Device is Busy{}",
-                        self.holders_suffix(hash)
-                    ),
-                });
+                return Err(self.remove_busy(hash));
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
@@ -1800,6 +1773,19 @@ fn unreachable_source<T>() -> Res<T> {
 
 fn display_hash(hash: &str) -> &str {
     if hash.is_empty() { "base" } else { hash }
+}
+
+/// Layers whose parent is `hash`. A child marked for deferred deletion is
+/// gone for users and its thin device does not depend on its origin's.
+fn children_in(st: &State, hash: &str) -> Vec<String> {
+    st.layers
+        .iter()
+        .filter(|(k, r)| {
+            r.parent.as_ref().is_some_and(|p| p.as_str() == hash)
+                && !st.devices.get(k.as_str()).is_some_and(|d| d.deleted)
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 fn dev_name(prefix: &str, hash: &str) -> String {

@@ -274,8 +274,9 @@ pub fn inspect(root: &Path, opts: &DmStoreOptions) -> Res<Facts> {
         opts.thin_pool_device = Some(super::directlvm::ensure(&home, lvm)?);
     }
     let (pool, _, _, _) = DeviceSet::bring_up_pool(&ctl, &home, &prefix, &opts)?;
-    let status = pool.status(&ctl)?;
-    let thin_ids = pool.thin_usage(&ctl)?.into_iter().map(|u| u.id).collect();
+    // One metadata snapshot: the ids and the transaction id of one moment.
+    let (usage, status) = pool.thin_usage_with_status(&ctl)?;
+    let thin_ids = usage.into_iter().map(|u| u.id).collect();
     let store = MetadataStore::open(&home.join("metadata"))?;
     let loaded = store.load_devices()?;
     let transaction = store.load_transaction().unwrap_or(None);
