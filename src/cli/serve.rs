@@ -18,6 +18,10 @@ pub struct ServeArgs {
     /// /etc/thinsnap/config.toml or .json when present].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Threads that delete removed snapshots' layers after `Remove` has
+    /// returned; 0 deletes before it returns [default: 4].
+    #[arg(long, value_name = "N")]
+    pub remove_workers: Option<usize>,
 }
 
 /// True when the user gave global flag `id` (command line or environment),
@@ -40,6 +44,7 @@ pub fn run(
         driver: given(matches, "driver").then(|| global.driver.clone()),
         storage_opts: global.storage_opts.clone(),
         socket: args.socket.clone(),
+        remove_workers: args.remove_workers,
     };
     let cfg = config::resolve(file, overrides);
     crate::service::server::run(&cfg)?;

@@ -42,14 +42,19 @@ pub struct LoadedDevices {
 #[derive(Debug, Clone)]
 pub struct MetadataStore {
     dir: PathBuf,
+    /// Held open: every create and delete writes through it.
+    durable: fsutil::DurableDir,
 }
 
 impl MetadataStore {
     /// Opens (creating with mode 0700) the metadata directory.
     pub fn open(dir: &Path) -> Result<Self, MetadataError> {
         fsutil::ensure_dir(dir, 0o700).map_err(|e| MetadataError::io("creating", dir, e))?;
+        let durable =
+            fsutil::DurableDir::open(dir).map_err(|e| MetadataError::io("opening", dir, e))?;
         Ok(MetadataStore {
             dir: dir.to_path_buf(),
+            durable,
         })
     }
 
@@ -59,8 +64,7 @@ impl MetadataStore {
 
     /// `metadata/<hash>`, `metadata/base` for the base device.
     pub fn device_path(&self, hash: &str) -> PathBuf {
-        self.dir
-            .join(if hash.is_empty() { BASE_FILE } else { hash })
+        self.dir.join(device_file(hash))
     }
 
     /// Loads every device file. Skips dot-files (temp files), `*.migrated`,
@@ -115,12 +119,13 @@ impl MetadataStore {
     }
 
     pub fn save_device(&self, hash: &str, info: &DevInfo) -> Result<(), MetadataError> {
-        self.write(&self.device_path(hash), &encode(info))
+        self.write(device_file(hash), &encode(info))
     }
 
     pub fn remove_device(&self, hash: &str) -> Result<(), MetadataError> {
-        let p = self.device_path(hash);
-        fsutil::remove_durable(&p).map_err(|e| MetadataError::io("removing", &p, e))
+        self.durable
+            .remove(device_file(hash))
+            .map_err(|e| MetadataError::io("removing", self.device_path(hash), e))
     }
 
     pub fn load_transaction(&self) -> Result<Option<Transaction>, MetadataError> {
@@ -128,12 +133,13 @@ impl MetadataStore {
     }
 
     pub fn save_transaction(&self, t: &Transaction) -> Result<(), MetadataError> {
-        self.write(&self.dir.join(TRANSACTION_FILE), &encode(t))
+        self.write(TRANSACTION_FILE, &encode(t))
     }
 
     pub fn remove_transaction(&self) -> Result<(), MetadataError> {
-        let p = self.dir.join(TRANSACTION_FILE);
-        fsutil::remove_durable(&p).map_err(|e| MetadataError::io("removing", &p, e))
+        self.durable
+            .remove(TRANSACTION_FILE)
+            .map_err(|e| MetadataError::io("removing", self.dir.join(TRANSACTION_FILE), e))
     }
 
     pub fn load_deviceset(&self) -> Result<Option<DeviceSetMeta>, MetadataError> {
@@ -141,7 +147,7 @@ impl MetadataStore {
     }
 
     pub fn save_deviceset(&self, m: &DeviceSetMeta) -> Result<(), MetadataError> {
-        self.write(&self.dir.join(DEVICESET_FILE), &encode(m))
+        self.write(DEVICESET_FILE, &encode(m))
     }
 
     /// Temp files a crash left behind.
@@ -149,8 +155,10 @@ impl MetadataStore {
         fsutil::stray_temp_files(&self.dir).unwrap_or_default()
     }
 
-    fn write(&self, path: &Path, bytes: &[u8]) -> Result<(), MetadataError> {
-        fsutil::atomic_write(path, bytes, 0o600).map_err(|e| MetadataError::io("writing", path, e))
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), MetadataError> {
+        self.durable
+            .write(name, bytes, 0o600)
+            .map_err(|e| MetadataError::io("writing", self.dir.join(name), e))
     }
 
     /// Docker < 1.7 kept every device in `<home>/devicemapper/json`
@@ -165,6 +173,20 @@ impl MetadataStore {
         let Some(old) = read_json::<Legacy>(legacy)? else {
             return Ok(0);
         };
+        if let Some(bad) = old
+            .devices
+            .keys()
+            .find(|h| h.contains('/') || h.contains('\0') || h.starts_with('.'))
+        {
+            return Err(MetadataError::io(
+                "migrating",
+                legacy,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("device hash {bad:?} cannot name a file in the metadata directory"),
+                ),
+            ));
+        }
         for (hash, info) in &old.devices {
             if self.load_device(hash)?.is_none() {
                 self.save_device(hash, info)?;
@@ -174,6 +196,11 @@ impl MetadataStore {
         fs::rename(legacy, &migrated).map_err(|e| MetadataError::io("renaming", legacy, e))?;
         Ok(old.devices.len())
     }
+}
+
+/// The file of device `hash` in the metadata directory (`base` for "").
+fn device_file(hash: &str) -> &str {
+    if hash.is_empty() { BASE_FILE } else { hash }
 }
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, MetadataError> {

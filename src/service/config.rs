@@ -1,5 +1,5 @@
 //! Service configuration: `/etc/thinsnap/config.toml` (or `.json`) with
-//! `root`, `driver`, `storage_opts`, `socket`; command-line flags override
+//! `root`, `driver`, `storage_opts`, `socket`, `remove_workers`; command-line flags override
 //! the file, the file overrides the defaults.
 
 use std::path::{Path, PathBuf};
@@ -14,6 +14,9 @@ pub const DEFAULT_CONFIG_FILES: &[&str] =
 pub const DEFAULT_SOCKET: &str = "/run/thinsnap/thinsnap.sock";
 pub const DEFAULT_ROOT: &str = "/var/lib/thinsnap";
 pub const DEFAULT_DRIVER: &str = "auto";
+/// Threads deleting removed snapshots' layers (see `service::remover`):
+/// on devicemapper four overlap the kernel's waits about threefold.
+pub const DEFAULT_REMOVE_WORKERS: usize = 4;
 
 /// The file's contents; every field optional, unknown fields refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -23,6 +26,8 @@ pub struct FileConfig {
     pub driver: Option<String>,
     pub storage_opts: Option<Vec<String>>,
     pub socket: Option<PathBuf>,
+    /// 0: `Remove` deletes the layer before it returns.
+    pub remove_workers: Option<usize>,
 }
 
 /// What the command line said explicitly (defaults are not overrides).
@@ -33,6 +38,7 @@ pub struct Overrides {
     /// Replaces the file's list when non-empty.
     pub storage_opts: Vec<String>,
     pub socket: Option<PathBuf>,
+    pub remove_workers: Option<usize>,
 }
 
 /// The effective configuration.
@@ -40,6 +46,8 @@ pub struct Overrides {
 pub struct ServeConfig {
     pub store: StoreConfig,
     pub socket: PathBuf,
+    /// Background removal threads; 0 = remove before `Remove` returns.
+    pub remove_workers: usize,
     /// The file it came from, if any (for the start-up log line).
     pub file: Option<PathBuf>,
 }
@@ -117,6 +125,10 @@ pub fn resolve(file: Option<(PathBuf, FileConfig)>, flags: Overrides) -> ServeCo
             .socket
             .or(file.socket)
             .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+        remove_workers: flags
+            .remove_workers
+            .or(file.remove_workers)
+            .unwrap_or(DEFAULT_REMOVE_WORKERS),
         file: source,
     }
 }
@@ -165,6 +177,12 @@ socket = "/run/ts.sock"
         assert_eq!(d.socket, Path::new(DEFAULT_SOCKET));
         assert_eq!(d.store.root, Path::new(DEFAULT_ROOT));
         assert_eq!(d.store.driver, "auto");
+        assert_eq!(d.remove_workers, DEFAULT_REMOVE_WORKERS);
+        let w = parse(Path::new("c.toml"), "remove_workers = 0").unwrap();
+        assert_eq!(
+            resolve(Some(("c.toml".into(), w)), Overrides::default()).remove_workers,
+            0
+        );
     }
 
     #[test]

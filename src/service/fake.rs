@@ -18,6 +18,8 @@ pub struct FakeDriver {
     pub fail_remove: AtomicBool,
     /// Milliseconds each create sleeps (slow backend work).
     pub create_delay_ms: AtomicU64,
+    /// Milliseconds each remove sleeps.
+    pub remove_delay_ms: AtomicU64,
 }
 
 impl Driver for FakeDriver {
@@ -47,6 +49,10 @@ impl Driver for FakeDriver {
         Ok(())
     }
     fn remove(&self, id: &LayerId) -> SnapResult<()> {
+        let delay = self.remove_delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(delay));
+        }
         if self.fail_remove.load(Ordering::SeqCst) {
             return Err(SnapshotError::Busy {
                 id: id.to_string(),

@@ -20,6 +20,7 @@ pub mod locks;
 pub mod model;
 pub mod published;
 pub mod records;
+pub mod remover;
 pub mod server;
 pub mod snapshots;
 pub mod socket;

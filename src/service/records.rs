@@ -14,7 +14,10 @@
 //!   `default/3/sha256:…`; it is never used as a path);
 //! - `children`: parent key → child keys (multimap), so `Remove` can refuse a
 //!   parent without scanning every record;
-//! - `meta`: counters (`next_layer`, the source of backend layer ids).
+//! - `meta`: counters (`next_layer`, the source of backend layer ids);
+//! - `removals`: layer id → JSON [`Removal`]: layers of removed snapshots
+//!   that the background remover has not deleted yet (the key is free
+//!   already).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +35,7 @@ use crate::snapshot::LayerId;
 const SNAPSHOTS: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshots");
 const CHILDREN: MultimapTableDefinition<&str, &str> = MultimapTableDefinition::new("children");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const REMOVALS: TableDefinition<&str, &[u8]> = TableDefinition::new("removals");
 
 const NEXT_LAYER: &str = "next_layer";
 
@@ -78,6 +82,16 @@ impl Record {
     }
 }
 
+/// A removed snapshot's layer still waiting to be deleted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Removal {
+    pub layer: LayerId,
+    /// The parent snapshot's layer: it is deleted only after this one.
+    pub parent_layer: Option<LayerId>,
+    /// The key the snapshot had (for logs).
+    pub key: String,
+}
+
 /// A failure of the record store itself (file, transaction, or a record
 /// that does not parse).
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +127,7 @@ pub struct Txn<'t> {
     snapshots: Table<'t, &'static str, &'static [u8]>,
     children: MultimapTable<'t, &'static str, &'static str>,
     meta: Table<'t, &'static str, u64>,
+    removals: Table<'t, &'static str, &'static [u8]>,
     path: &'t Path,
 }
 
@@ -143,6 +158,7 @@ impl RecordStore {
         tx.open_table(SNAPSHOTS).map_err(open)?;
         tx.open_multimap_table(CHILDREN).map_err(open)?;
         tx.open_table(META).map_err(open)?;
+        tx.open_table(REMOVALS).map_err(open)?;
         tx.commit().map_err(|e| self.db_err("committing")(e.into()))
     }
 
@@ -170,6 +186,7 @@ impl RecordStore {
                 snapshots: tx.open_table(SNAPSHOTS).map_err(open)?,
                 children: tx.open_multimap_table(CHILDREN).map_err(open)?,
                 meta: tx.open_table(META).map_err(open)?,
+                removals: tx.open_table(REMOVALS).map_err(open)?,
                 path: &self.path,
             };
             f(&mut txn)
@@ -222,7 +239,30 @@ impl RecordStore {
     }
 }
 
-fn decode(path: &Path, key: &str, raw: &[u8]) -> Result<Record, RecordError> {
+impl RecordStore {
+    /// Every pending removal, by layer id.
+    pub fn removals(&self) -> Result<Vec<Removal>, RecordError> {
+        let tx = self
+            .db
+            .begin_read()
+            .map_err(|e| self.db_err("beginning a read transaction")(e.into()))?;
+        let table = tx
+            .open_table(REMOVALS)
+            .map_err(|e| self.db_err("opening a table")(e.into()))?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(|e| self.db_err("listing")(e.into()))? {
+            let (k, v) = item.map_err(|e| self.db_err("listing")(e.into()))?;
+            out.push(decode(&self.path, k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    key: &str,
+    raw: &[u8],
+) -> Result<T, RecordError> {
     serde_json::from_slice(raw).map_err(|source| RecordError::Corrupt {
         path: path.to_path_buf(),
         key: key.to_string(),
@@ -308,6 +348,38 @@ impl Txn<'_> {
             out.push(v.map_err(self.err("reading children"))?.value().to_string());
         }
         Ok(out)
+    }
+
+    /// Queues `removal` (its layer is deleted after the commit).
+    pub fn put_removal(&mut self, removal: &Removal) -> ServiceResult<()> {
+        let key = removal.layer.as_str();
+        let raw = serde_json::to_vec(removal).map_err(|source| RecordError::Corrupt {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            source,
+        })?;
+        let path = self.path;
+        self.removals
+            .insert(key, raw.as_slice())
+            .map_err(|e| RecordError::Db {
+                path: path.to_path_buf(),
+                action: "queueing a removal",
+                source: e.into(),
+            })?;
+        Ok(())
+    }
+
+    /// Forgets the removal of `layer` (its layer is gone).
+    pub fn delete_removal(&mut self, layer: &LayerId) -> ServiceResult<()> {
+        let path = self.path;
+        self.removals
+            .remove(layer.as_str())
+            .map_err(|e| RecordError::Db {
+                path: path.to_path_buf(),
+                action: "finishing a removal",
+                source: e.into(),
+            })?;
+        Ok(())
     }
 
     /// A fresh backend layer id, never handed out before in this store.

@@ -98,7 +98,13 @@ pub fn run(config: &ServeConfig) -> Result<(), ServeError> {
         })?;
     }
     let records = RecordStore::open(&records_file)?;
-    let svc = Arc::new(SnapshotService::new(driver.clone(), records));
+    let mut svc = SnapshotService::new(driver.clone(), records);
+    if config.remove_workers > 0 {
+        svc = svc
+            .with_background_removal(config.remove_workers)
+            .map_err(ServeError::Repair)?;
+    }
+    let svc = Arc::new(svc);
     let report = svc.repair().map_err(ServeError::Repair)?;
     if !report.is_empty() {
         tracing::warn!(?report, "repaired state left by an interrupted run");
@@ -132,7 +138,7 @@ pub fn run(config: &ServeConfig) -> Result<(), ServeError> {
                 source,
             })?;
         let shutdown = shutdown_signal()?;
-        let publisher = tokio::spawn(publish_loop(driver.clone(), store.root.clone()));
+        let publisher = tokio::spawn(publish_loop(svc.clone(), store.root.clone()));
         let served = serve_listener(listener, svc.clone(), shutdown).await;
         publisher.abort();
         served?;
@@ -142,6 +148,8 @@ pub fn run(config: &ServeConfig) -> Result<(), ServeError> {
     runtime.shutdown_timeout(std::time::Duration::from_secs(60));
     socket::unlink(&config.socket);
     let _ = std::fs::remove_file(published::path(&store.root));
+    // Removals already answered are finished; a stuck one stays queued.
+    svc.finish_removals(std::time::Duration::from_secs(60));
     // As Docker's daemon did on shutdown: deactivate what nobody uses (a
     // devicemapper pool this store created goes too when no device is left
     // in use; devices a client still has mounted stay, and say so).
@@ -191,15 +199,21 @@ pub async fn serve_listener(
 
 /// Keeps `published::path` current for `thinsnap status` / `ls` (see
 /// `published`): writes at start, then whenever the state changed.
-async fn publish_loop(driver: Arc<dyn crate::snapshot::Driver>, root: PathBuf) {
+async fn publish_loop(svc: Arc<SnapshotService>, root: PathBuf) {
     let mut last: Option<Published> = None;
     let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
     loop {
         tick.tick().await;
-        let d = driver.clone();
+        let d = svc.driver().clone();
         let taken = tokio::task::spawn_blocking(move || Published::take(d.as_ref())).await;
         let now = match taken {
-            Ok(Ok(p)) => p,
+            Ok(Ok(mut p)) => {
+                // Removals still queued are part of what an admin must see.
+                if let Some(r) = svc.remover_status() {
+                    p.status.extend(r.rows());
+                }
+                p
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot take the store's status for the CLI");
                 continue;

@@ -13,6 +13,12 @@
 //! layers without a record, so after a kill -9 anywhere there is no record
 //! without a layer and no layer without a record.
 //!
+//! With background removal ([`SnapshotService::with_background_removal`],
+//! what `thinsnap serve` uses) `Remove` instead moves the record into the
+//! `removals` table in one transaction (the key is free at once) and the
+//! [`Remover`] deletes the layer afterwards; repair finishes queued
+//! removals first.
+//!
 //! Commit keeps the backend layer and only rewrites records (one
 //! transaction): the active layer becomes the committed one in place, which
 //! is what both devicemapper (the thin device becomes the origin of later
@@ -27,9 +33,10 @@ use super::locks::KeyLocks;
 use super::model::{
     Kind, ServiceError, ServiceResult, SnapshotInfo, SnapshotUsage, validate_key, validate_labels,
 };
-use super::records::{LAYER_PREFIX, Record, RecordState, RecordStore};
+use super::records::{LAYER_PREFIX, Record, RecordState, RecordStore, Removal};
+use super::remover::{self, Remover, RemoverStatus};
 use crate::failpoint;
-use crate::snapshot::{CreateOpts, Driver, ErrorKind, LayerId, MountSpec};
+use crate::snapshot::{CreateOpts, Driver, LayerId, MountSpec};
 
 /// Crash points between the steps of the service's two-phase operations.
 pub const FAILPOINTS: &[&str] = &[
@@ -64,8 +71,10 @@ impl RepairReport {
 /// containerd's snapshotter over one backend store.
 pub struct SnapshotService {
     driver: Arc<dyn Driver>,
-    records: RecordStore,
+    records: Arc<RecordStore>,
     locks: KeyLocks,
+    /// None: `Remove` deletes the layer before it returns.
+    remover: Option<Remover>,
 }
 
 impl SnapshotService {
@@ -73,9 +82,37 @@ impl SnapshotService {
     pub fn new(driver: Arc<dyn Driver>, records: RecordStore) -> Self {
         SnapshotService {
             driver,
-            records,
+            records: Arc::new(records),
             locks: KeyLocks::default(),
+            remover: None,
         }
+    }
+
+    /// Deletes removed snapshots' layers on `workers` background threads
+    /// (see [`remover`]); `Remove` returns once the record is moved.
+    pub fn with_background_removal(mut self, workers: usize) -> ServiceResult<Self> {
+        self.remover = Some(Remover::start(
+            self.driver.clone(),
+            self.records.clone(),
+            workers,
+        )?);
+        Ok(self)
+    }
+
+    /// Waits (up to `limit`) for queued removals, then stops the remover;
+    /// what is left stays queued for the next start. For shutdown.
+    pub fn finish_removals(&self, limit: std::time::Duration) {
+        if let Some(r) = &self.remover {
+            let left = r.drain(limit);
+            if left > 0 {
+                tracing::warn!(left, "removals left queued for the next start");
+            }
+            r.stop();
+        }
+    }
+
+    pub fn remover_status(&self) -> Option<RemoverStatus> {
+        self.remover.as_ref().map(Remover::status)
     }
 
     pub fn driver(&self) -> &Arc<dyn Driver> {
@@ -211,14 +248,7 @@ impl SnapshotService {
     }
 
     fn remove_layer_if_present(&self, layer: &LayerId) -> ServiceResult<()> {
-        if !self.driver.exists(layer) {
-            return Ok(());
-        }
-        match self.driver.remove(layer) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ServiceError::backend(format!("removing layer {layer}"), e)),
-        }
+        remover::remove_layer_if_present(self.driver.as_ref(), layer)
     }
 
     /// A ready record, or NotFound.
@@ -298,19 +328,39 @@ impl SnapshotService {
     pub fn remove(&self, key: &str) -> ServiceResult<()> {
         let _span = tracing::info_span!("remove", key).entered();
         let _held = self.locks.lock(&[key]);
+        if let Some(remover) = &self.remover {
+            let removal = self.records.write(|t| {
+                let record = t
+                    .get(key)?
+                    .filter(|r| r.state == RecordState::Ready)
+                    .ok_or_else(|| ServiceError::not_found(key))?;
+                refuse_children(key, &t.children(key)?)?;
+                let parent_layer = match &record.parent {
+                    Some(p) => {
+                        t.unlink(p, key)?;
+                        t.get(p)?.map(|r| r.layer)
+                    }
+                    None => None,
+                };
+                let removal = Removal {
+                    layer: record.layer,
+                    parent_layer,
+                    key: key.to_string(),
+                };
+                t.delete(key)?;
+                t.put_removal(&removal)?;
+                Ok(removal)
+            })?;
+            failpoint::hit("service.remove.marked")?;
+            remover.enqueue(&removal);
+            return Ok(());
+        }
         let record = self.records.write(|t| {
             let mut record = t
                 .get(key)?
                 .filter(|r| r.state == RecordState::Ready)
                 .ok_or_else(|| ServiceError::not_found(key))?;
-            let children = t.children(key)?;
-            if !children.is_empty() {
-                return Err(ServiceError::FailedPrecondition(format!(
-                    "cannot remove snapshot {key:?}: it has {} child snapshot(s) ({})",
-                    children.len(),
-                    children.join(", ")
-                )));
-            }
+            refuse_children(key, &t.children(key)?)?;
             record.state = RecordState::Removing;
             t.put(&record)?;
             Ok(record)
@@ -425,7 +475,10 @@ impl SnapshotService {
 
     fn repair_inner(&self, drop_missing: bool) -> ServiceResult<RepairReport> {
         let _span = tracing::info_span!("repair").entered();
-        let mut report = RepairReport::default();
+        let mut report = RepairReport {
+            finished_removals: self.finish_queued_removals()?,
+            ..Default::default()
+        };
         for record in self.records.all()? {
             if record.state == RecordState::Ready {
                 continue;
@@ -461,6 +514,49 @@ impl SnapshotService {
         Ok(report)
     }
 
+    /// Deletes the layers of removals queued before (a crash, a stop, or
+    /// failures): through the remover when there is one, else here, children
+    /// first. Returns the keys whose removal finished.
+    fn finish_queued_removals(&self) -> ServiceResult<Vec<String>> {
+        let queued = self.records.removals()?;
+        if let Some(r) = &self.remover {
+            for q in &queued {
+                r.enqueue(q);
+            }
+            r.drain(std::time::Duration::MAX);
+            let left: HashSet<LayerId> = self
+                .records
+                .removals()?
+                .into_iter()
+                .map(|q| q.layer)
+                .collect();
+            return Ok(queued
+                .into_iter()
+                .filter(|q| !left.contains(&q.layer))
+                .map(|q| q.key)
+                .collect());
+        }
+        let mut todo = queued;
+        let mut done = Vec::new();
+        while !todo.is_empty() {
+            let parents: HashSet<LayerId> =
+                todo.iter().filter_map(|q| q.parent_layer.clone()).collect();
+            let (leaves, rest): (Vec<Removal>, Vec<Removal>) =
+                todo.into_iter().partition(|q| !parents.contains(&q.layer));
+            if leaves.is_empty() {
+                break;
+            }
+            for q in leaves {
+                self.remove_layer_if_present(&q.layer)?;
+                self.records.write(|t| t.delete_removal(&q.layer))?;
+                tracing::warn!(key = %q.key, layer = %q.layer, "finished a queued remove");
+                done.push(q.key);
+            }
+            todo = rest;
+        }
+        Ok(done)
+    }
+
     /// Ready records whose layer is gone, leaves first (a record with
     /// children stays until they are dropped or removed).
     fn drop_records_without_layers(&self) -> ServiceResult<Vec<String>> {
@@ -491,11 +587,18 @@ impl SnapshotService {
             .driver
             .list()
             .map_err(|e| ServiceError::backend("listing layers", e))?;
+        // Layers the remover still has to delete are not orphans.
         let known: HashSet<String> = self
             .records
             .all()?
             .into_iter()
             .map(|r| r.layer.to_string())
+            .chain(
+                self.records
+                    .removals()?
+                    .into_iter()
+                    .map(|q| q.layer.to_string()),
+            )
             .collect();
         let mut orphans: BTreeSet<LayerId> = layers
             .iter()
@@ -551,12 +654,27 @@ impl SnapshotService {
                 .count();
             out.push((format!("Snapshots ({})", kind.as_str()), n.to_string()));
         }
+        if let Some(r) = self.remover_status() {
+            out.extend(r.rows());
+        }
         out.push((
             "Record Store".to_string(),
             self.records.path().display().to_string(),
         ));
         Ok(out)
     }
+}
+
+/// FailedPrecondition for a snapshot that still has children.
+fn refuse_children(key: &str, children: &[String]) -> ServiceResult<()> {
+    if children.is_empty() {
+        return Ok(());
+    }
+    Err(ServiceError::FailedPrecondition(format!(
+        "cannot remove snapshot {key:?}: it has {} child snapshot(s) ({})",
+        children.len(),
+        children.join(", ")
+    )))
 }
 
 #[cfg(test)]

@@ -452,3 +452,89 @@ fn concurrent_prepares_on_one_parent() {
     assert_eq!(layers.len(), all.len());
     assert_eq!(w.svc.locks.held_count(), 0);
 }
+
+fn background_world(workers: usize) -> World {
+    let mut w = world();
+    let svc = std::mem::replace(
+        &mut w.svc,
+        SnapshotService::new(
+            w.fake.clone(),
+            RecordStore::open(&w._dir.path().join("placeholder.redb")).unwrap(),
+        ),
+    );
+    drop(svc);
+    w.svc = SnapshotService::new(w.fake.clone(), RecordStore::open(&w.path).unwrap())
+        .with_background_removal(workers)
+        .unwrap();
+    w
+}
+
+#[test]
+fn background_remove_frees_keys_at_once_and_deletes_children_first() {
+    let w = background_world(3);
+    w.fake.remove_delay_ms.store(30, Ordering::SeqCst);
+    committed(&w, "base", "");
+    committed(&w, "mid", "base");
+    w.svc.prepare("top", "mid", BTreeMap::new()).unwrap();
+    for i in 0..5 {
+        w.svc
+            .prepare(&format!("c{i}"), "base", BTreeMap::new())
+            .unwrap();
+    }
+    let started = std::time::Instant::now();
+    // Parents right after their children: each call returns at once.
+    for k in ["top", "mid", "c0", "c1", "c2", "c3", "c4", "base"] {
+        w.svc.remove(k).unwrap();
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(8 * 30),
+        "removes waited for the backend: {:?}",
+        started.elapsed()
+    );
+    assert!(w.svc.walk(&[]).unwrap().is_empty());
+    // The key is free before its old layer is gone.
+    w.svc.prepare("top", "", BTreeMap::new()).unwrap();
+    // Cleanup waits for the queue; nothing failed on the way (a parent
+    // deleted before its child would have been refused by the fake).
+    w.svc.cleanup().unwrap();
+    let st = w.svc.remover_status().unwrap();
+    assert_eq!((st.pending, st.failing), (0, 0), "{st:?}");
+    assert_eq!(w.layer_count(), 1);
+    assert!(w.svc.records().removals().unwrap().is_empty());
+}
+
+#[test]
+fn a_failing_background_removal_is_retried_shown_and_survives_a_restart() {
+    let mut w = background_world(1);
+    committed(&w, "base", "");
+    w.svc.prepare("held", "base", BTreeMap::new()).unwrap();
+    w.fake.fail_remove.store(true, Ordering::SeqCst);
+    w.svc.remove("held").unwrap();
+    assert!(matches!(
+        w.svc.stat("held"),
+        Err(ServiceError::NotFound { .. })
+    ));
+    // Its parent still cannot go before it: the remover orders them.
+    w.svc.remove("base").unwrap();
+    assert_eq!(w.svc.cleanup().unwrap(), RepairReport::default());
+    let st = w.svc.remover_status().unwrap();
+    assert_eq!(st.pending, 2);
+    assert_eq!(st.failing, 1, "{st:?}");
+    assert!(st.last_error.unwrap().contains("held"));
+    let status = w.svc.status().unwrap();
+    assert!(
+        status
+            .iter()
+            .any(|(k, v)| k == "Pending Removals" && v == "2"),
+        "{status:?}"
+    );
+    assert_eq!(w.layer_count(), 2);
+    // A restart (the device was released meanwhile) finishes both.
+    w.fake.fail_remove.store(false, Ordering::SeqCst);
+    let report = w.restart();
+    let mut finished = report.finished_removals.clone();
+    finished.sort();
+    assert_eq!(finished, ["base", "held"], "{report:?}");
+    assert_eq!(w.layer_count(), 0);
+    assert!(w.svc.records().removals().unwrap().is_empty());
+}

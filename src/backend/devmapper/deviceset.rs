@@ -231,7 +231,7 @@ impl DeviceSet {
                 return Err(DevmapperError::PoolHasData(pool.name.clone()));
             }
         }
-        let (mut layers, broken_side) = side.load_layers()?;
+        let (mut layers, broken_side) = side.load_layers();
         for b in broken_side {
             tracing::error!(error = %b, "unreadable thinsnap layer record");
         }
@@ -275,6 +275,7 @@ impl DeviceSet {
             side.remove_layer(&o)?;
             layers.remove(&o);
         }
+        side.compact()?;
         let meta = store.load_deviceset().unwrap_or_else(|e| {
             tracing::warn!(error = %e, "deviceset-metadata unreadable; rebuilding it");
             None
@@ -1170,7 +1171,7 @@ impl DeviceSet {
                 Some(_) => {}
             }
             let refs = st.refs.get(hash).copied().unwrap_or(0);
-            if refs > 0 || mounts::is_mount_point(&self.mount_path(hash)) {
+            if refs > 0 || self.remove_mount_dir(hash) {
                 return Err(DevmapperError::Busy {
                     id: hash.to_string(),
                     detail: format!(
@@ -1188,9 +1189,21 @@ impl DeviceSet {
             }
         }
         self.delete_device(hash, false)?;
-        let mp = self.mount_path(hash);
-        let _ = fs::remove_dir(&mp);
         Ok(())
+    }
+
+    /// Removes the layer's unused mount point; true when something is
+    /// mounted on it. One rmdir answers both (EBUSY on a mount point),
+    /// where a mount check and an rmdir took two system calls per remove.
+    fn remove_mount_dir(&self, hash: &str) -> bool {
+        let mp = self.mount_path(hash);
+        match fs::remove_dir(&mp) {
+            Ok(()) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) if e.raw_os_error() == Some(Errno::EBUSY as i32) => true,
+            // Not empty (or not removable): only a mount makes it busy.
+            Err(_) => mounts::is_mount_point(&mp),
+        }
     }
 
     /// The delete half of remove; `sync` ignores deferred deletion.
