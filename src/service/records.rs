@@ -223,31 +223,25 @@ impl RecordStore {
 
     /// Every record, sorted by key, whatever its state.
     pub fn all(&self) -> Result<Vec<Record>, RecordError> {
-        let tx = self
-            .db
-            .begin_read()
-            .map_err(|e| self.db_err("beginning a read transaction")(e.into()))?;
-        let table = tx
-            .open_table(SNAPSHOTS)
-            .map_err(|e| self.db_err("opening a table")(e.into()))?;
-        let mut out = Vec::new();
-        for item in table.iter().map_err(|e| self.db_err("listing")(e.into()))? {
-            let (k, v) = item.map_err(|e| self.db_err("listing")(e.into()))?;
-            out.push(decode(&self.path, k.value(), v.value())?);
-        }
-        Ok(out)
+        self.list(SNAPSHOTS)
     }
-}
 
-impl RecordStore {
     /// Every pending removal, by layer id.
     pub fn removals(&self) -> Result<Vec<Removal>, RecordError> {
+        self.list(REMOVALS)
+    }
+
+    /// Every value of a JSON table, in key order.
+    fn list<T: serde::de::DeserializeOwned>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, RecordError> {
         let tx = self
             .db
             .begin_read()
             .map_err(|e| self.db_err("beginning a read transaction")(e.into()))?;
         let table = tx
-            .open_table(REMOVALS)
+            .open_table(def)
             .map_err(|e| self.db_err("opening a table")(e.into()))?;
         let mut out = Vec::new();
         for item in table.iter().map_err(|e| self.db_err("listing")(e.into()))? {
