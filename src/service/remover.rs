@@ -164,12 +164,6 @@ impl Remover {
         self.shared.changed.notify_all();
     }
 
-    /// Whether `layer` is queued or being deleted.
-    pub fn holds(&self, layer: &LayerId) -> bool {
-        let q = self.queue();
-        q.pending.contains_key(layer)
-    }
-
     /// Waits until every queued removal is done or failing (paused after a
     /// failure), or `limit` passed; returns the removals still queued.
     pub fn drain(&self, limit: Duration) -> usize {
