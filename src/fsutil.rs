@@ -6,10 +6,10 @@
 //! rename itself is durable. Loaders skip dot-files, so a temp file left by
 //! a crash is never mistaken for data.
 
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
@@ -24,27 +24,7 @@ pub fn atomic_write(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        "{TEMP_PREFIX}{}-{}",
-        name.to_string_lossy(),
-        uuid::Uuid::new_v4().simple()
-    ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        fsync_dir(&dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    DurableDir::open(&dir)?.write(name, contents, mode)
 }
 
 /// Removes `path` and makes the removal durable. A missing file is not an error.
@@ -105,14 +85,18 @@ impl DurableDir {
     }
 
     /// Atomically replaces entry `name` with `contents`, durable on return.
-    pub fn write(&self, name: &str, contents: &[u8], mode: u32) -> io::Result<()> {
+    pub fn write(&self, name: impl AsRef<OsStr>, contents: &[u8], mode: u32) -> io::Result<()> {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let name = name.as_ref();
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = format!("{TEMP_PREFIX}{name}-{}-{n}", std::process::id());
+        let mut tmp = OsString::from(TEMP_PREFIX);
+        tmp.push(name);
+        tmp.push(format!("-{}-{n}", std::process::id()));
+        let tmp = tmp.as_os_str();
         let result = (|| {
             let fd = nix::fcntl::openat(
                 self.fd.as_fd(),
-                tmp.as_str(),
+                tmp,
                 OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC,
                 Mode::from_bits_truncate(mode),
             )
@@ -121,14 +105,14 @@ impl DurableDir {
             file.write_all(contents)?;
             file.sync_all()?;
             drop(file);
-            nix::fcntl::renameat(self.fd.as_fd(), tmp.as_str(), self.fd.as_fd(), name)
+            nix::fcntl::renameat(self.fd.as_fd(), tmp, self.fd.as_fd(), name)
                 .map_err(io::Error::from)?;
             self.sync()
         })();
         if result.is_err() {
             let _ = nix::unistd::unlinkat(
                 self.fd.as_fd(),
-                tmp.as_str(),
+                tmp,
                 nix::unistd::UnlinkatFlags::NoRemoveDir,
             );
         }
