@@ -515,46 +515,38 @@ impl SnapshotService {
     }
 
     /// Deletes the layers of removals queued before (a crash, a stop, or
-    /// failures): through the remover when there is one, else here, children
-    /// first. Returns the keys whose removal finished.
+    /// failures), children first, through the remover (a one-thread one
+    /// for this call when the service removes synchronously). Returns the
+    /// keys whose removal finished; failing ones stay queued.
     fn finish_queued_removals(&self) -> ServiceResult<Vec<String>> {
         let queued = self.records.removals()?;
-        if let Some(r) = &self.remover {
-            for q in &queued {
-                r.enqueue(q);
-            }
-            r.drain(std::time::Duration::MAX);
-            let left: HashSet<LayerId> = self
-                .records
-                .removals()?
-                .into_iter()
-                .map(|q| q.layer)
-                .collect();
-            return Ok(queued
-                .into_iter()
-                .filter(|q| !left.contains(&q.layer))
-                .map(|q| q.key)
-                .collect());
+        if queued.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut todo = queued;
-        let mut done = Vec::new();
-        while !todo.is_empty() {
-            let parents: HashSet<LayerId> =
-                todo.iter().filter_map(|q| q.parent_layer.clone()).collect();
-            let (leaves, rest): (Vec<Removal>, Vec<Removal>) =
-                todo.into_iter().partition(|q| !parents.contains(&q.layer));
-            if leaves.is_empty() {
-                break;
+        let temporary;
+        let remover = match &self.remover {
+            Some(r) => r,
+            None => {
+                temporary = Remover::start(self.driver.clone(), self.records.clone(), 1)?;
+                &temporary
             }
-            for q in leaves {
-                self.remove_layer_if_present(&q.layer)?;
-                self.records.write(|t| t.delete_removal(&q.layer))?;
-                tracing::warn!(key = %q.key, layer = %q.layer, "finished a queued remove");
-                done.push(q.key);
-            }
-            todo = rest;
+        };
+        for q in &queued {
+            remover.enqueue(q);
         }
-        Ok(done)
+        remover.drain(std::time::Duration::MAX);
+        let left: HashSet<LayerId> = self
+            .records
+            .removals()?
+            .into_iter()
+            .map(|q| q.layer)
+            .collect();
+        Ok(queued
+            .into_iter()
+            .filter(|q| !left.contains(&q.layer))
+            .inspect(|q| tracing::warn!(key = %q.key, layer = %q.layer, "finished a queued remove"))
+            .map(|q| q.key)
+            .collect())
     }
 
     /// Ready records whose layer is gone, leaves first (a record with
